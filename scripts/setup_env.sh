@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One-command set-up from nothing: a virtual environment in .venv with torch/torchvision,
+# Detectron2 (a Python-only wheel built from the registry's pb1-detectron2 sdist, or the one
+# already installed), the rest of the stack, and yolact_d2 in editable mode with its C++/CUDA
+# extension. Every step checks whether it is already done, so a second run is a quick no-op.
+set -euo pipefail
+shopt -s nullglob
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+VENV=${YOLACT_D2_VENV:-$ROOT/.venv}
+PY=$VENV/bin/python
+TORCH_SPEC=${YOLACT_D2_TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+SDIST=$ROOT/.cache/sdist/pb1-detectron2-0.6.tar.gz
+WHEELS=$ROOT/.cache/wheels
+T_ALL=$SECONDS
+
+step() {  # step NAME CHECK_CMD DO_CMD: run DO_CMD unless CHECK_CMD succeeds; print what and how long.
+  local name=$1 check=$2 action=$3 t0=$SECONDS
+  if eval "$check" >/dev/null 2>&1; then
+    echo "[setup] $name: already done"
+  else
+    echo "[setup] $name ..."
+    eval "$action" 2>&1 | grep -v -E "is ignored: it is neither|^WARNING: Location" || true
+    if ! eval "$check" >/dev/null 2>&1; then
+      echo "[setup] FAILED: $name (check: $check)" >&2
+      exit 1
+    fi
+    echo "[setup] $name: done in $((SECONDS - t0)) s"
+  fi
+}
+
+pip_q() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+file_hash() { { cat "$@" 2>/dev/null || true; } | sha256sum | cut -d' ' -f1; }
+
+REQ_HASH=$(file_hash requirements.txt)
+EXT_HASH=$(file_hash setup.py yolact_d2/layers/csrc/*)
+
+step "virtual environment ($VENV)" "[ -x '$PY' ]" "python3 -m venv '$VENV' && pip_q --upgrade pip"
+step "torch + torchvision ($TORCH_SPEC)" "'$PY' -c 'import torch, torchvision'" "pip_q $TORCH_SPEC"
+# An installed detectron2 (e.g. upstream main built from source) is kept and used.
+step "detectron2 (python-only v0.6 wheel from pb1-detectron2)" "'$PY' -c 'import detectron2'" \
+  "'$PY' scripts/build_detectron2_wheel.py '$SDIST' '$WHEELS' && pip_q '$WHEELS'/detectron2-0.6+nocsrc-py3-none-any.whl"
+step "dependencies (requirements.txt)" "grep -qx '$REQ_HASH' '$VENV/.yolact_d2_requirements'" \
+  "pip_q -r requirements.txt && echo '$REQ_HASH' > '$VENV/.yolact_d2_requirements'"
+# The extension compiles CUDA kernels whenever nvcc is present (no GPU needed to build).
+export MAX_JOBS=${MAX_JOBS:-2}
+step "yolact_d2 (editable) + C++/CUDA extension" \
+  "grep -qx '$EXT_HASH' '$VENV/.yolact_d2_extension' && '$PY' -c 'import yolact_d2._C'" \
+  "pip_q --no-build-isolation --no-deps -e . && echo '$EXT_HASH' > '$VENV/.yolact_d2_extension'"
+"$PY" -c "import detectron2, yolact_d2; print('[setup] detectron2', detectron2.__version__, '| yolact_d2', yolact_d2.__version__)"
+echo "[setup] finished in $((SECONDS - T_ALL)) s"
