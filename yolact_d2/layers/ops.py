@@ -1,0 +1,344 @@
+"""YOLACT's Fast NMS and mask crop: torch-level wrappers, pure-PyTorch reference path, backend report.
+
+The compiled operators live in `yolact_d2._C` (csrc/*.cpp, *.cu) and are registered as
+`torch.ops.yolact_d2.fast_nms` / `torch.ops.yolact_d2.crop_masks`. The wrappers here
+validate arguments, then pick:
+  * the pure-PyTorch path while exporting to ONNX (it is traceable, the custom op is not);
+  * the compiled operator when `yolact_d2._C` is built and has a kernel for the tensor's device;
+  * otherwise the pure-PyTorch path, with one warning that the extension is not built.
+
+Numerical rules shared by every path (kernels and pure path give identical results):
+  * IoU is computed in float32 for float16/bfloat16/float32 boxes, in float64 for float64 boxes:
+        w = max(min(x2a, x2b) - max(x1a, x1b), 0), h likewise, inter = w * h,
+        area = (x2 - x1) * (y2 - y1)  (as given, no clamping),
+        union = (area_a + area_b) - inter,  IoU = inter / union if inter > 0 else 0.
+    An inverted box (x2 < x1 or y2 < y1) or a zero-area box therefore has IoU 0 with every box:
+    it never suppresses and is never suppressed. (inter > 0 implies both areas >= inter, so
+    the union is positive whenever it is used.)
+  * Sorting is stable: equal scores keep the lower prior index first (per class), and the final
+    merge of all classes breaks equal scores by (class, rank within the class). NaN scores sort
+    first, as torch.sort does.
+  * Crop coordinates are computed in float32 (float64 for float64 boxes), no rounding.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Tuple
+
+import torch
+
+__all__ = [
+    "fast_nms",
+    "crop_masks",
+    "backend_info",
+    "fast_nms_pytorch",
+    "crop_masks_pytorch",
+    "box_iou_matrix",
+]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+try:  # the compiled extension registers torch.ops.yolact_d2.* on import
+    from yolact_d2 import _C  # noqa: F401
+
+    _EXT_ERROR = None
+except ImportError as e:  # not built (e.g. `pip install` without a compiler): pure path
+    _C = None
+    _EXT_ERROR = e
+
+_warned_fallback = False
+
+
+def _ext_has(op_name: str, device_type: str) -> bool:
+    """Whether the compiled extension has a kernel for `op_name` on `device_type` ("cpu"/"cuda")."""
+    if _C is None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"yolact_d2::{op_name}", key)
+
+
+def _warn_fallback_once() -> None:
+    global _warned_fallback
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            "yolact_d2._C (the compiled Fast NMS / crop kernels) is not available "
+            f"({_EXT_ERROR}); using the slower pure-PyTorch ops. Build it with "
+            "`pip install --no-build-isolation -e .` in the repository.",
+            RuntimeWarning,
+            stacklevel=4,  # the user code calling fast_nms / crop_masks
+        )
+
+
+def backend_info() -> Dict[str, Dict[str, str]]:
+    """Which implementation each op uses, per device type.
+
+    Returns {"fast_nms": {"cpu": ..., "cuda": ...}, "crop_masks": {...}} where each value is
+    "cpu-kernel", "cuda-kernel" or "pytorch".
+    """
+    info = {}
+    for op in ("fast_nms", "crop_masks"):
+        info[op] = {
+            "cpu": "cpu-kernel" if _ext_has(op, "cpu") else "pytorch",
+            "cuda": "cuda-kernel" if _ext_has(op, "cuda") else "pytorch",
+        }
+    return info
+
+
+def _use_kernel(op_name: str, device: torch.device) -> bool:
+    if torch.onnx.is_in_onnx_export():
+        return False
+    if _ext_has(op_name, device.type):
+        return True
+    if _C is None:
+        _warn_fallback_once()
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks (shared by all paths)
+# ----------------------------------------------------------------------------------------------
+def _check_float(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype} "
+            f"(shape {tuple(t.shape)})"
+        )
+
+
+def _check_int(name: str, value, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = int(value)
+        else:
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_nms_args(boxes, scores, iou_threshold, top_k, max_detections):
+    _check_float("boxes", boxes)
+    _check_float("scores", scores)
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4) (x1, y1, x2, y2), got {tuple(boxes.shape)}")
+    if scores.dim() != 2:
+        raise ValueError(
+            f"scores must have shape (C, N) (per-class scores, no background), got {tuple(scores.shape)}"
+        )
+    if scores.shape[1] != boxes.shape[0]:
+        raise ValueError(
+            f"scores must have shape (C, N) with N = boxes.shape[0] = {boxes.shape[0]}, "
+            f"got scores of shape {tuple(scores.shape)}"
+        )
+    if boxes.device != scores.device:
+        raise ValueError(f"boxes and scores must be on the same device, got {boxes.device} and {scores.device}")
+    if isinstance(iou_threshold, torch.Tensor):
+        iou_threshold = float(iou_threshold)
+    if not isinstance(iou_threshold, (int, float)) or isinstance(iou_threshold, bool):
+        raise TypeError(f"iou_threshold must be a float, got {type(iou_threshold).__name__}")
+    if iou_threshold != iou_threshold:
+        raise ValueError("iou_threshold must not be NaN")
+    top_k = _check_int("top_k", top_k)
+    max_detections = _check_int("max_detections", max_detections)
+    return float(iou_threshold), top_k, max_detections
+
+
+def _check_crop_args(masks, boxes, padding):
+    _check_float("masks", masks)
+    _check_float("boxes", boxes)
+    if masks.dim() != 3:
+        raise ValueError(f"masks must have shape (N, H, W), got {tuple(masks.shape)}")
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(
+            f"boxes must have shape (N, 4) (x1, y1, x2, y2 normalised to [0, 1]), got {tuple(boxes.shape)}"
+        )
+    if boxes.shape[0] != masks.shape[0]:
+        raise ValueError(
+            f"boxes must have one row per mask: masks {tuple(masks.shape)} but boxes {tuple(boxes.shape)}"
+        )
+    if boxes.device != masks.device:
+        raise ValueError(f"masks and boxes must be on the same device, got {masks.device} and {boxes.device}")
+    return _check_int("padding", padding)
+
+
+# ----------------------------------------------------------------------------------------------
+# pure-PyTorch reference path
+# ----------------------------------------------------------------------------------------------
+def _opmath(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half/bfloat16/float32, float64 stays float64 (the coordinate precision rule)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def box_iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of (..., n, 4) and (..., m, 4) xyxy boxes -> (..., n, m), with the module's rules.
+
+    Differs from detectron2's pairwise_iou only in the edge rules (inverted/zero-area boxes and a
+    fixed operation order), which the compiled kernels reproduce bit for bit.
+    """
+    a = _opmath(a)
+    b = _opmath(b)
+    ax1, ay1, ax2, ay2 = a.unsqueeze(-2).unbind(-1)  # (..., n, 1)
+    bx1, by1, bx2, by2 = b.unsqueeze(-3).unbind(-1)  # (..., 1, m)
+    w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
+    h = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+    inter = w * h
+    area_a = (ax2 - ax1) * (ay2 - ay1)
+    area_b = (bx2 - bx1) * (by2 - by1)
+    union = (area_a + area_b) - inter
+    positive = inter > 0
+    return torch.where(positive, inter / torch.where(positive, union, torch.ones_like(union)), torch.zeros_like(inter))
+
+
+def _suppressed_by_earlier(iou: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """(..., K, K) IoU of score-sorted boxes -> (..., K) bool keep: no earlier box has IoU > thr."""
+    iou = torch.triu(iou, diagonal=1)  # only pairs (i < j): i scores higher than j
+    if iou.shape[-1] == 0:
+        return torch.ones(iou.shape[:-1], dtype=torch.bool, device=iou.device)
+    iou_max = iou.max(dim=-2).values  # (..., K): per column j, max over earlier rows i
+    return iou_max <= iou_threshold
+
+
+def fast_nms_pytorch(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float = 0.5,
+    top_k: int = 200,
+    max_detections: int = 100,
+    class_agnostic: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pure-PyTorch Fast NMS (the reference for the compiled kernels). Same signature as fast_nms."""
+    num_classes, n = scores.shape
+    device = scores.device
+    if class_agnostic:
+        if num_classes == 0 or n == 0:
+            return _empty_nms(scores)
+        best, best_class = scores.max(dim=0)  # (N,), (N,): first max wins on ties
+        k = min(top_k, n)
+        order = torch.sort(best, descending=True, stable=True).indices[:k]  # (K,)
+        keep = _suppressed_by_earlier(box_iou_matrix(boxes[order], boxes[order]), iou_threshold)
+        order = order[keep][:max_detections]  # already sorted by score
+        return order, best_class[order], best[order]
+
+    k = min(top_k, n)
+    if num_classes == 0 or k == 0:
+        return _empty_nms(scores)
+    sorted_scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
+    sorted_scores, order = sorted_scores[:, :k], order[:, :k]  # (C, K)
+    cand = boxes[order.reshape(-1)].reshape(num_classes, k, 4)  # (C, K, 4)
+    keep = _suppressed_by_earlier(box_iou_matrix(cand, cand), iou_threshold)  # (C, K)
+    classes = torch.arange(num_classes, device=device).unsqueeze(1).expand(num_classes, k)
+    kept_scores = sorted_scores[keep]  # class-major, rank-minor order
+    kept_idx = order[keep]
+    kept_classes = classes[keep]
+    final = torch.sort(kept_scores, descending=True, stable=True).indices[:max_detections]
+    return kept_idx[final], kept_classes[final], kept_scores[final]
+
+
+def _empty_nms(scores):
+    e = torch.zeros(0, dtype=torch.int64, device=scores.device)
+    return e, e.clone(), scores.new_zeros(0)
+
+
+def _crop_inside(masks: torch.Tensor, boxes: torch.Tensor, padding: int) -> torch.Tensor:
+    """(N, H, W) bool: which pixels lie inside each padded box (official YOLACT crop rule)."""
+    n, h, w = masks.shape
+    b = _opmath(boxes)
+    x1 = (torch.minimum(b[:, 0], b[:, 2]) * w - padding).clamp(min=0)
+    x2 = (torch.maximum(b[:, 0], b[:, 2]) * w + padding).clamp(max=w)
+    y1 = (torch.minimum(b[:, 1], b[:, 3]) * h - padding).clamp(min=0)
+    y2 = (torch.maximum(b[:, 1], b[:, 3]) * h + padding).clamp(max=h)
+    cols = torch.arange(w, device=masks.device, dtype=b.dtype)  # (W,)
+    rows = torch.arange(h, device=masks.device, dtype=b.dtype)  # (H,)
+    in_x = (cols >= x1[:, None]) & (cols < x2[:, None])  # (N, W)
+    in_y = (rows >= y1[:, None]) & (rows < y2[:, None])  # (N, H)
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+def crop_masks_pytorch(masks: torch.Tensor, boxes: torch.Tensor, padding: int = 1) -> torch.Tensor:
+    """Pure-PyTorch crop (the reference for the compiled kernels); differentiable in masks."""
+    inside = _crop_inside(masks, boxes.detach(), padding)
+    return masks * inside.to(masks.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# public ops
+# ----------------------------------------------------------------------------------------------
+def fast_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float = 0.5,
+    top_k: int = 200,
+    max_detections: int = 100,
+    class_agnostic: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """YOLACT Fast NMS.
+
+    Args:
+        boxes: (N, 4) xyxy boxes (any float dtype).
+        scores: (C, N) per-class scores (no background column); the caller has already dropped
+            priors whose best class score is below the confidence threshold.
+        iou_threshold: a candidate is dropped when a higher-scoring candidate of its class
+            (among the top_k) has IoU > iou_threshold with it, suppressed or not (Fast NMS).
+        top_k: candidates per class (per image when class_agnostic).
+        max_detections: maximum number of returned detections.
+        class_agnostic: official cross-class NMS: each box competes once, with its best class.
+    Returns:
+        keep (D,) int64 indices into N, classes (D,) int64, scores (D,) in scores' dtype;
+        sorted by score descending, D <= max_detections.
+    """
+    iou_threshold, top_k, max_detections = _check_nms_args(boxes, scores, iou_threshold, top_k, max_detections)
+    class_agnostic = bool(class_agnostic)
+    if _use_kernel("fast_nms", scores.device):
+        return torch.ops.yolact_d2.fast_nms(boxes, scores, iou_threshold, top_k, max_detections, class_agnostic)
+    return fast_nms_pytorch(boxes, scores, iou_threshold, top_k, max_detections, class_agnostic)
+
+
+def crop_masks(masks: torch.Tensor, boxes: torch.Tensor, padding: int = 1) -> torch.Tensor:
+    """Zero each (H, W) mask outside its box (official YOLACT crop, with `padding` pixels).
+
+    Args:
+        masks: (N, H, W) float masks (any float dtype).
+        boxes: (N, 4) xyxy boxes normalised to [0, 1] (x by W, y by H); corners may be swapped.
+        padding: pixels added on each side before clamping to the image.
+    Returns:
+        (N, H, W) masks in masks' dtype, contiguous. Differentiable in masks (grad * inside);
+        boxes get no gradient.
+    """
+    padding = _check_crop_args(masks, boxes, padding)
+    if _use_kernel("crop_masks", masks.device):
+        return torch.ops.yolact_d2.crop_masks(masks, boxes, padding)
+    return crop_masks_pytorch(masks, boxes, padding)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registrations of the compiled ops: fake (meta) kernels and crop's autograd
+# ----------------------------------------------------------------------------------------------
+if _C is not None:
+
+    @torch.library.register_fake("yolact_d2::fast_nms")
+    def _fast_nms_fake(boxes, scores, iou_threshold, top_k, max_detections, class_agnostic):
+        ctx = torch.library.get_ctx()
+        d = ctx.new_dynamic_size(max=max(max_detections, 0))
+        idx = boxes.new_empty((d,), dtype=torch.int64)
+        return idx, idx.new_empty((d,)), scores.new_empty((d,))
+
+    @torch.library.register_fake("yolact_d2::crop_masks")
+    def _crop_masks_fake(masks, boxes, padding):
+        return torch.empty_like(masks, memory_format=torch.contiguous_format)
+
+    def _crop_setup_context(ctx, inputs, output):
+        _, boxes, padding = inputs
+        ctx.save_for_backward(boxes)
+        ctx.padding = padding
+
+    def _crop_backward(ctx, grad):
+        (boxes,) = ctx.saved_tensors
+        # crop is linear in masks: d(out)/d(masks) * grad = grad * inside = crop(grad)
+        return torch.ops.yolact_d2.crop_masks(grad, boxes, ctx.padding), None, None
+
+    torch.library.register_autograd("yolact_d2::crop_masks", _crop_backward, setup_context=_crop_setup_context)
