@@ -1,0 +1,19 @@
+"""YOLACT model parts; importing registers the meta-architecture and backbones."""
+from . import backbone  # noqa: F401  (registers backbones)
+from .fpn import YolactFPN
+from .head import YolactHead
+from .inference import YolactPostProcessor, decode_boxes
+from .meta_arch import Yolact, set_num_classes
+from .priors import YolactPriorGenerator
+from .protonet import ProtoNet
+
+__all__ = [
+    "Yolact",
+    "YolactFPN",
+    "YolactHead",
+    "ProtoNet",
+    "YolactPriorGenerator",
+    "YolactPostProcessor",
+    "decode_boxes",
+    "set_num_classes",
+]
