@@ -209,6 +209,8 @@ def _official_backbone_keys(tsv):
         if line.startswith("#") or not line.startswith("backbone."):
             continue
         key, shape, _ = line.split("\t")
+        if key.endswith("num_batches_tracked"):
+            continue  # FrozenBN (our default, as official eval/training) has no counter
         parts = key.split(".")[1:]
         if parts[0] == "layers":
             parts = [f"res{int(parts[1]) + 2}", parts[2]] + parts[3:]
@@ -243,7 +245,7 @@ def test_key_layout_matches_official(tsv, depth, dcn, interval):
 
 
 def test_backbone_shapes_and_freeze():
-    m = build_deform_resnet(50, (0, 4, 6, 3), 1, freeze_at=2).eval()
+    m = build_deform_resnet(50, (0, 4, 6, 3), 1, norm="BN", freeze_at=2).eval()
     shapes = m.output_shape()
     assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
         "res3": (512, 8), "res4": (1024, 16), "res5": (2048, 32)}

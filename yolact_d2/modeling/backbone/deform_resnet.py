@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 from detectron2.layers import CNNBlockBase, get_norm
+from detectron2.modeling.backbone import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "official_deform_flags",
     "make_deform_resnet_stages",
     "build_deform_resnet",
+    "build_yolact_deform_resnet_backbone",
 ]
 
 _NUM_BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
@@ -224,14 +226,34 @@ def build_deform_resnet(
     depth: int = 50,
     num_deform_last_per_stage: Sequence[int] = (0, 4, 6, 3),
     deform_interval: int = 1,
-    norm="BN",
+    norm="FrozenBN",
     out_features=("res3", "res4", "res5"),
     freeze_at: int = 0,
 ) -> ResNet:
-    """A Detectron2 ``ResNet`` backbone with YOLACT++'s deformable blocks (C3-C5 by default)."""
+    """A Detectron2 ``ResNet`` backbone with YOLACT++'s deformable blocks (C3-C5 by default).
+
+    Defaults are R50++ (``yolact_plus_resnet50``); R101++ is depth=101, (0, 4, 23, 3), interval 3.
+    Batch norm frozen and every conv trained, as the plain YOLACT ResNet (build_yolact_resnet).
+    """
     stem = BasicStem(in_channels=3, out_channels=64, norm=norm)
     stages = make_deform_resnet_stages(
         depth, num_deform_last_per_stage, deform_interval, norm=norm, stride_in_1x1=False
     )
     return ResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at)
+
+
+@BACKBONE_REGISTRY.register()
+def build_yolact_deform_resnet_backbone(cfg, input_shape=None):
+    """yacs-config entry point: MODEL.RESNETS.DEPTH / OUT_FEATURES / NORM, MODEL.BACKBONE.FREEZE_AT,
+    and the official DCN placement from MODEL.RESNETS.DEFORM_NUM_LAST (4 ints, default R50++:
+    0 4 6 3) and MODEL.RESNETS.DEFORM_INTERVAL (default 1)."""
+    r = cfg.MODEL.RESNETS
+    return build_deform_resnet(
+        depth=r.DEPTH,
+        num_deform_last_per_stage=tuple(r.get("DEFORM_NUM_LAST", (0, 4, 6, 3))),
+        deform_interval=r.get("DEFORM_INTERVAL", 1),
+        norm=r.NORM,
+        out_features=r.OUT_FEATURES,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+    )
 
