@@ -1,0 +1,24 @@
+"""Official YOLACT checkpoint conversion."""
+from .convert import (
+    RULES,
+    ConversionError,
+    ConversionSummary,
+    Rule,
+    add_rules,
+    convert_official_state_dict,
+    default_config_for,
+    detect_variant,
+    load_official_checkpoint,
+)
+
+__all__ = [
+    "RULES",
+    "Rule",
+    "add_rules",
+    "ConversionError",
+    "ConversionSummary",
+    "convert_official_state_dict",
+    "detect_variant",
+    "default_config_for",
+    "load_official_checkpoint",
+]
