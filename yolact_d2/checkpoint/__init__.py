@@ -22,3 +22,6 @@ __all__ = [
     "default_config_for",
     "load_official_checkpoint",
 ]
+from .layouts import OFFICIAL_CONFIGS, official_layout, synthetic_official_state_dict  # noqa: E402
+
+__all__ += ["OFFICIAL_CONFIGS", "official_layout", "synthetic_official_state_dict"]

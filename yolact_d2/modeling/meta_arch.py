@@ -41,11 +41,12 @@ class Yolact(nn.Module):
         to_rgb: feed the network RGB (official ResNet/DarkNet weights); False keeps `input_format`.
         resize_mode: "squash" (official: every image to input_size x input_size) or
             "shortest_edge" (aspect-preserving: short side to `input_size`, long side at most
-            `max_size`, padded at the bottom/right to `size_divisibility`).
+            `max_size`, padded at the bottom/right onto a fixed canvas).
         input_size: official max_size (550, 400, 700); the short side in "shortest_edge" mode.
         max_size: long-side cap for "shortest_edge" (default: input_size, i.e. the image fits in
             an input_size square).
-        size_divisibility: padding multiple in "shortest_edge" mode (0 = pad only to the batch max).
+        size_divisibility: "shortest_edge" mode pads every image onto one max_size x max_size
+            canvas, rounded up to this multiple (0: none).
         semseg_on: build the semantic-segmentation branch (training loss; official keeps it).
         mask_rescoring: YOLACT++ mask-IoU network: (D, 1, Hp, Wp) masks -> (D, C) IoU. At
             inference the final score = class score x predicted IoU of that class; in training it
@@ -155,15 +156,35 @@ class Yolact(nn.Module):
             x = x[:, [2, 1, 0]]
         return x[0]
 
+    def _canvas_size(self) -> Tuple[int, int]:
+        """Fixed network input of the "shortest_edge" mode: max_size square, rounded up."""
+        side = self.max_size
+        if self.size_divisibility > 1:
+            side = -(-side // self.size_divisibility) * self.size_divisibility
+        return side, side
+
     def preprocess_image(self, batched_inputs: List[Dict], resize: bool = True) -> ImageList:
         """Resize (inference) as the official FastBaseTransform, normalise, batch.
 
         Training images come from the mapper already at the network size; `resize=False` then.
+        In "shortest_edge" mode every image is padded (bottom/right, zeros after normalisation)
+        onto one fixed canvas, so a batch gives exactly the per-image results and one prior set.
         ImageList.image_sizes hold the (unpadded) resized sizes.
         """
         images = [self._normalize(d["image"], resize) for d in batched_inputs]
-        div = self.size_divisibility if self.resize_mode == "shortest_edge" else 0
-        return image_list_from_tensors(images, div)
+        if self.resize_mode == "squash":
+            return image_list_from_tensors(images, 0)
+        canvas_h, canvas_w = self._canvas_size()
+        batch = images[0].new_zeros((len(images), images[0].shape[0], canvas_h, canvas_w))
+        for i, img in enumerate(images):
+            h, w = img.shape[-2:]
+            if h > canvas_h or w > canvas_w:
+                raise ValueError(
+                    f"Yolact: image {i} is {h}x{w} but the shortest_edge canvas is {canvas_h}x{canvas_w}; "
+                    "resize training images with the same input_size/max_size as the model."
+                )
+            batch[i, :, :h, :w] = img
+        return ImageList(batch, [tuple(img.shape[-2:]) for img in images])
 
     # ------------------------------------------------------------------ network
     def _predict(self, images: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, Dict]:
