@@ -98,6 +98,29 @@ RULES: List[Rule] = [
     Rule(r"prediction_layers\.0\.conf_layer\.(weight|bias)", r"head.cls_score.\1", "class branch"),
     Rule(r"prediction_layers\.0\.mask_layer\.(weight|bias)", r"head.coef_pred.\1", "coefficient branch"),
     Rule(r"semantic_seg_conv\.(weight|bias)", r"semantic_seg_conv.\1", "semantic segmentation (training)"),
+    # YOLACT++: deformable 3x3 convs (conv2.weight / conv2.bias go through the bottleneck rule)
+    Rule(
+        r"backbone\.layers\.(\d+)\.(\d+)\.conv2\.conv_offset_mask\.(weight|bias)",
+        lambda m, c: f"backbone.bottom_up.res{int(m.group(1)) + 2}.{m.group(2)}.conv2.conv_offset_mask.{m.group(3)}",
+        "YOLACT++ DCNv2 offset/mask conv",
+    ),
+    # YOLACT++: mask re-scoring net (official Sequential indices kept: conv at 0, 2, ..., 10)
+    Rule(r"maskiou_net\.maskiou_net\.(\d+)\.(weight|bias)", r"mask_rescoring.convs.\1.\2", "FastMaskIoUNet"),
+    # DarkNet-53 (official DarkNetBackbone): layers.{s} -> dark{s+1}; conv .0 / BN .1 -> conv / .norm
+    Rule(r"backbone\._preconv\.0\.weight", "backbone.bottom_up.stem.weight", "DarkNet stem conv"),
+    Rule(r"backbone\._preconv\.1\." + _PARAM, r"backbone.bottom_up.stem.norm.\1", "DarkNet stem BN"),
+    Rule(
+        r"backbone\.layers\.(\d+)\.0\.([01])\.(weight|bias|running_mean|running_var)",
+        lambda m, c: f"backbone.bottom_up.dark{int(m.group(1)) + 1}.0."
+        + ("" if m.group(2) == "0" else "norm.") + m.group(3),
+        "DarkNet stride-2 conv",
+    ),
+    Rule(
+        r"backbone\.layers\.(\d+)\.(\d+)\.(conv[12])\.([01])\.(weight|bias|running_mean|running_var)",
+        lambda m, c: f"backbone.bottom_up.dark{int(m.group(1)) + 1}.{m.group(2)}.{m.group(3)}."
+        + ("" if m.group(4) == "0" else "norm.") + m.group(5),
+        "DarkNet residual blocks",
+    ),
 ]
 
 
