@@ -39,7 +39,8 @@ def _extensions():
     cuda_home = _find_cuda_home()
     force_cpu = os.environ.get("YOLACT_D2_CPU_ONLY") == "1"
     use_cuda = bool(cuda_sources) and cuda_home is not None and torch.version.cuda and not force_cpu
-    extra = {"cxx": ["-O3", "-std=c++17"]}
+    # no FMA contraction: the kernels reproduce the pure-PyTorch path bit for bit
+    extra = {"cxx": ["-O3", "-std=c++20", "-ffp-contract=off"]}
     if use_cuda:
         os.environ["CUDA_HOME"] = cuda_home
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
@@ -51,7 +52,7 @@ def _extensions():
         nv_include = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu13", "include")
         if os.path.isdir(nv_include):
             include_dirs.append(nv_include)
-        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-DWITH_CUDA"]
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "--fmad=false", "-DWITH_CUDA"]
         extra["cxx"].append("-DWITH_CUDA")
         ext = CUDAExtension(
             "yolact_d2._C",

@@ -262,7 +262,9 @@ def _crop_inside(masks: torch.Tensor, boxes: torch.Tensor, padding: int) -> torc
 def crop_masks_pytorch(masks: torch.Tensor, boxes: torch.Tensor, padding: int = 1) -> torch.Tensor:
     """Pure-PyTorch crop (the reference for the compiled kernels); differentiable in masks."""
     inside = _crop_inside(masks, boxes.detach(), padding)
-    return masks * inside.to(masks.dtype)
+    # where (not the official multiply) so outside pixels are exactly +0.0 even for NaN/inf masks,
+    # as the kernels write them; the gradient is the same: grad * inside.
+    return torch.where(inside, masks, masks.new_zeros(()))
 
 
 # ----------------------------------------------------------------------------------------------
