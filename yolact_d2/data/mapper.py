@@ -241,7 +241,9 @@ class YolactDatasetMapper:
         if aug_input.masks is not None:
             # (N, H, W) layout: the per-instance reductions and the tensor copy are contiguous.
             masks_nhw = np.ascontiguousarray(aug_input.masks.transpose(2, 0, 1)).astype(bool)
-            keep &= aug_input.is_crowd | masks_nhw.reshape(len(boxes), -1).any(axis=1)
+            has_pixels = (masks_nhw.reshape(len(boxes), -1).any(axis=1) if len(boxes)
+                          else np.zeros(0, dtype=bool))
+            keep &= aug_input.is_crowd | has_pixels
         else:
             keep &= aug_input.is_crowd | np.array([len(p) > 0 for p in aug_input.polygons], dtype=bool)
         aug_input.filter(keep)
