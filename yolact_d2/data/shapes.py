@@ -124,7 +124,6 @@ def _make_image(rng, size, kinds, min_objects, max_objects, min_size, max_size, 
             objects.append(dict(kind_idx=kind_idx, poly=None, mask=union,
                                 colour=_random_colour(rng), crowd=True))
 
-    occupied = np.zeros((h, w), np.uint8)
     num_objects = int(rng.integers(min_objects, max_objects + 1))
     for _ in range(num_objects):
         for _attempt in range(20):
@@ -140,20 +139,19 @@ def _make_image(rng, size, kinds, min_objects, max_objects, min_size, max_size, 
             # Reject placements that would hide too much of an earlier shape.
             ok = True
             for obj in objects:
-                visible = obj["mask"] & (1 - occupied_after(objects, obj)) & (1 - mask)
+                visible = obj["mask"] & (1 - _occluders(objects, obj)) & (1 - mask)
                 if visible.sum() < min_visible * obj["mask"].sum():
                     ok = False
                     break
             if ok:
                 objects.append(dict(kind_idx=kind_idx, poly=poly_flat, mask=mask,
                                     colour=_random_colour(rng), crowd=False))
-                occupied |= mask
                 break
 
     annotations = []
     for i, obj in enumerate(objects):
         image[obj["mask"].astype(bool)] = obj["colour"]
-        visible = obj["mask"] & (1 - occupied_after(objects, obj))
+        visible = obj["mask"] & (1 - _occluders(objects, obj))
         occluded = visible.sum() < obj["mask"].sum()
         if visible.sum() == 0:
             continue
@@ -172,7 +170,7 @@ def _make_image(rng, size, kinds, min_objects, max_objects, min_size, max_size, 
     return np.clip(image, 0, 255).astype(np.uint8), annotations
 
 
-def occupied_after(objects, obj):
+def _occluders(objects, obj):
     """Union (h, w) uint8 of the masks painted after `obj` (they occlude it)."""
     idx = next(i for i, o in enumerate(objects) if o is obj)
     out = np.zeros_like(obj["mask"])

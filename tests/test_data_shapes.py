@@ -1,0 +1,145 @@
+"""The synthetic shapes dataset: deterministic, idempotent, atomic, annotations that match the
+pixels, and a COCO json that Detectron2's loader and COCOEvaluator take like COCO."""
+import json
+import os
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BitMasks, Boxes, Instances
+from pycocotools.coco import COCO
+
+from yolact_d2.data import shapes as shapes_mod
+from yolact_d2.data.shapes import dataset_fingerprint, generate_shapes_dataset, register_shapes
+
+SMALL = dict(num_train=10, num_val=4, image_size=64)
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    generate_shapes_dataset(tmp_path / "a", seed=5, **SMALL)
+    generate_shapes_dataset(tmp_path / "b", seed=5, **SMALL)
+    generate_shapes_dataset(tmp_path / "c", seed=6, **SMALL)
+    fa, fb, fc = (dataset_fingerprint(tmp_path / x) for x in "abc")
+    assert fa == fb
+    assert fa != fc
+
+
+def test_idempotent_and_regenerates_on_new_params(tmp_path):
+    root = tmp_path / "s"
+    paths = generate_shapes_dataset(root, **SMALL)
+    json_file = paths["train"][0]
+    mtime = os.stat(json_file).st_mtime_ns
+    generate_shapes_dataset(root, **SMALL)
+    assert os.stat(json_file).st_mtime_ns == mtime  # untouched
+    generate_shapes_dataset(root, **dict(SMALL, num_train=3))
+    with open(json_file) as f:
+        assert len(json.load(f)["images"]) == 3
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary folders left
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    root = tmp_path / "s"
+    real = shapes_mod._write_split
+
+    def dying(out_dir, split, *args):
+        if split == "val":
+            raise KeyboardInterrupt("killed")
+        return real(out_dir, split, *args)
+
+    monkeypatch.setattr(shapes_mod, "_write_split", dying)
+    with pytest.raises(KeyboardInterrupt):
+        generate_shapes_dataset(root, **SMALL)
+    assert os.listdir(tmp_path) == []
+    # An existing dataset survives a failed regeneration with other parameters.
+    monkeypatch.setattr(shapes_mod, "_write_split", real)
+    generate_shapes_dataset(root, **SMALL)
+    before = dataset_fingerprint(root)
+    monkeypatch.setattr(shapes_mod, "_write_split", dying)
+    with pytest.raises(KeyboardInterrupt):
+        generate_shapes_dataset(root, **dict(SMALL, seed=9))
+    assert dataset_fingerprint(root) == before
+
+
+def test_bad_parameters_are_named(tmp_path):
+    with pytest.raises(ValueError, match="hexagonal"):
+        generate_shapes_dataset(tmp_path / "x", kinds=("circle", "hexagonal"), **SMALL)
+    with pytest.raises(ValueError, match="min_objects"):
+        generate_shapes_dataset(tmp_path / "x", min_objects=3, max_objects=2, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes") / "shapes"
+    paths = generate_shapes_dataset(root, num_train=40, num_val=8, image_size=96, seed=1, crowd_prob=0.3)
+    return root, paths
+
+
+def test_annotations_match_pixels(dataset):
+    import cv2
+
+    _, paths = dataset
+    json_file, image_root = paths["train"]
+    coco = COCO(json_file)
+    kinds = {"list": 0, "dict": 0}
+    n_crowd = 0
+    for img_id in coco.getImgIds():
+        info = coco.loadImgs(img_id)[0]
+        image = cv2.imread(os.path.join(image_root, info["file_name"]))
+        assert image.shape == (info["height"], info["width"], 3)
+        union = np.zeros(image.shape[:2], np.int32)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
+            kinds[type(ann["segmentation"]).__name__] += 1
+            m = coco.annToMask(ann).astype(bool)
+            assert m.sum() == ann["area"] > 0
+            np.testing.assert_allclose(ann["bbox"], mask_util.toBbox(mask_util.encode(np.asfortranarray(m.astype(np.uint8)))), atol=0.01)
+            if ann["iscrowd"]:
+                n_crowd += 1
+                assert isinstance(ann["segmentation"], dict)
+                continue
+            union += m
+            # An object is painted in one flat colour exactly where its visible mask is.
+            pixels = image[m].reshape(-1, 3)
+            assert (pixels == pixels[0]).all()
+            assert 1 <= ann["category_id"] <= 4
+        assert union.max() <= 1  # visible masks of distinct objects do not overlap
+    assert kinds["list"] > 0 and kinds["dict"] > 0  # both polygon and RLE paths exist
+    assert n_crowd > 0
+    with open(paths["val"][0]) as f:
+        assert not any(a["iscrowd"] for a in json.load(f)["annotations"])  # no crowds in val
+
+
+def test_registers_and_evaluates_like_coco(dataset, tmp_path):
+    """DatasetCatalog loads it; COCOEvaluator gives AP 100 when predictions are the ground truth."""
+    from detectron2.evaluation import COCOEvaluator
+
+    root, _ = dataset
+    names = register_shapes(root, prefix="test_shapes_eval")
+    assert names == ["test_shapes_eval_train", "test_shapes_eval_val"]
+    assert register_shapes(root, prefix="test_shapes_eval") == names  # idempotent
+    dicts = DatasetCatalog.get(names[1])
+    assert len(dicts) == 8
+    assert MetadataCatalog.get(names[1]).thing_classes == ["circle", "rectangle", "triangle", "star"]
+
+    evaluator = COCOEvaluator(names[1], tasks=("bbox", "segm"), distributed=False,
+                              output_dir=str(tmp_path), use_fast_impl=False)
+    evaluator.reset()
+    for d in dicts:
+        h, w = d["height"], d["width"]
+        anns = [a for a in d["annotations"] if not a["iscrowd"]]
+        inst = Instances((h, w))
+        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
+        inst.pred_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
+        inst.scores = torch.ones(len(anns))
+        inst.pred_classes = torch.as_tensor([a["category_id"] for a in anns])
+        masks = []
+        for a in anns:
+            segm = a["segmentation"]
+            rle = mask_util.merge(mask_util.frPyObjects(segm, h, w)) if isinstance(segm, list) else segm
+            masks.append(mask_util.decode(rle))
+        inst.pred_masks = torch.as_tensor(np.stack(masks)).bool()
+        evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
+    results = evaluator.evaluate()
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
