@@ -123,6 +123,13 @@ class ExpandTransform(Transform):
         if self.left + w > self.out_w or self.top + h > self.out_h:
             raise ValueError(f"ExpandTransform: a {w}x{h} image at ({self.left}, {self.top}) does "
                              f"not fit a {self.out_w}x{self.out_h} canvas.")
+        bottom, right = self.out_h - self.top - h, self.out_w - self.left - w
+        if img.ndim == 2 or (img.ndim == 3 and 1 <= img.shape[2] <= 4):
+            # OpenCV fills the border much faster than numpy broadcasting.
+            value = np.broadcast_to(np.asarray(fill, np.float64), img.shape[2:] or (1,)).tolist()
+            out = cv2.copyMakeBorder(img, self.top, bottom, self.left, right, cv2.BORDER_CONSTANT,
+                                     value=value)
+            return out.reshape((self.out_h, self.out_w) + img.shape[2:])
         canvas = np.empty((self.out_h, self.out_w) + img.shape[2:], dtype=img.dtype)
         canvas[...] = fill
         canvas[self.top:self.top + h, self.left:self.left + w] = img
@@ -283,8 +290,9 @@ def _iou_with_rect(boxes, rect):
 class CV2ResizeTransform(Transform):
     """Resize with OpenCV INTER_LINEAR, as the official code does (it equals the model's
     test-time F.interpolate(bilinear, align_corners=False); D2's ResizeTransform uses PIL, which
-    antialiases when shrinking). Instance masks (H, W, N) uint8 0/1 are resized bilinearly and
-    rounded (official: masks resized like image channels); sem_seg label maps use nearest."""
+    antialiases when shrinking). Label maps (apply_segmentation) use nearest. Instance masks in
+    InstanceAugInput are sampled bilinearly at the same positions (official: masks are resized
+    like image channels, then rounded)."""
 
     def __init__(self, h, w, new_h, new_w):
         super().__init__()
@@ -294,16 +302,8 @@ class CV2ResizeTransform(Transform):
         if img.shape[:2] != (self.h, self.w):
             raise ValueError(f"CV2ResizeTransform expected a {self.h}x{self.w} input, got "
                              f"{img.shape[0]}x{img.shape[1]}")
-        if img.ndim == 3 and img.shape[2] == 0:
-            return np.zeros((self.new_h, self.new_w, 0), dtype=img.dtype)
-        if img.ndim == 3 and img.shape[2] > 4:
-            # OpenCV caps the channel count; resize many instance masks in chunks.
-            return np.concatenate([self._resize(img[:, :, i:i + 4], interp)
-                                   for i in range(0, img.shape[2], 4)], axis=2)
         out = cv2.resize(img, (self.new_w, self.new_h), interpolation=interp)
-        if img.ndim == 3 and out.ndim == 2:
-            out = out[:, :, None]
-        return out
+        return out[:, :, None] if img.ndim == 3 and out.ndim == 2 else out
 
     def apply_image(self, img):
         return self._resize(img, cv2.INTER_LINEAR)
@@ -316,9 +316,6 @@ class CV2ResizeTransform(Transform):
 
     def apply_segmentation(self, segmentation):
         return self._resize(segmentation, cv2.INTER_NEAREST)
-
-    def apply_instance_masks(self, masks):
-        return self._resize(masks, cv2.INTER_LINEAR)
 
     def inverse(self):
         return CV2ResizeTransform(self.new_h, self.new_w, self.h, self.w)
@@ -348,6 +345,76 @@ class YolactResize(T.Augmentation):
         ])
 
 
+# ----------------------------------------------------------------------------- lazy masks
+def _inverse_step(t, in_hw, out_hw):
+    """For the axis-aligned transforms whose masks we defer: (inverse (2, 3) map from output
+    pixel indices to input pixel indices, forward (2, 3) map of pixel-edge coordinates, exact);
+    None for any other transform."""
+    if isinstance(t, ExpandTransform) and t.seg_fill == 0:
+        return (np.array([[1, 0, -t.left], [0, 1, -t.top]], np.float64),
+                np.array([[1, 0, t.left], [0, 1, t.top]], np.float64), True)
+    if isinstance(t, CropTransform):
+        return (np.array([[1, 0, t.x0], [0, 1, t.y0]], np.float64),
+                np.array([[1, 0, -t.x0], [0, 1, -t.y0]], np.float64), True)
+    if isinstance(t, T.HFlipTransform):
+        return (np.array([[-1, 0, in_hw[1] - 1], [0, 1, 0]], np.float64),
+                np.array([[-1, 0, in_hw[1]], [0, 1, 0]], np.float64), True)
+    if isinstance(t, CV2ResizeTransform):
+        # cv2.resize INTER_LINEAR samples input (u + 0.5) * in / out - 0.5 for output pixel u.
+        sx, sy = in_hw[1] / out_hw[1], in_hw[0] / out_hw[0]
+        return (np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]], np.float64),
+                np.array([[1 / sx, 0, 0], [0, 1 / sy, 0]], np.float64), False)
+    return None
+
+
+class _DeferredMasks:
+    """(N, H0, W0) uint8 instance masks plus the pending geometry: an inverse affine map from
+    current pixel indices to source pixel indices, and the current size.
+
+    Why: expand (up to 4x per side) then crop would otherwise allocate and copy N full expanded
+    canvases; composing the axis-aligned steps and sampling once (integer maps exactly; with a
+    resize, bilinearly at cv2.resize's sampling positions) costs only the output size."""
+
+    def __init__(self, src):
+        self.src = src
+        self.inv = np.array([[1, 0, 0], [0, 1, 0]], np.float64)
+        self.hw = src.shape[1:]
+        self.exact = True  # the pending map is an integer shift / flip
+        # Pixels of the current canvas that come from the source (x0, y0, x1, y1); outside it
+        # (expanded or padded borders) masks are 0 even where the map would reach cropped-away
+        # source pixels.
+        self.valid = (0, 0, src.shape[2], src.shape[1])
+
+    def compose(self, inv_step, fwd_edges, out_hw, exact):
+        self.inv = self.inv @ np.vstack([inv_step, [0, 0, 1]])
+        x0, y0, x1, y1 = self.valid
+        corners = fwd_edges @ np.array([[x0, x1], [y0, y1], [1, 1]], np.float64)
+        xs, ys = np.sort(np.rint(corners[0])), np.sort(np.rint(corners[1]))
+        h, w = out_hw
+        self.valid = (int(np.clip(xs[0], 0, w)), int(np.clip(ys[0], 0, h)),
+                      int(np.clip(xs[1], 0, w)), int(np.clip(ys[1], 0, h)))
+        self.hw = tuple(out_hw)
+        self.exact = self.exact and exact
+
+    def filter(self, keep):
+        self.src = self.src[keep]
+
+    def materialize(self):
+        identity = np.array([[1, 0, 0], [0, 1, 0]], np.float64)
+        h, w = self.hw
+        if np.array_equal(self.inv, identity) and (h, w) == self.src.shape[1:]:
+            return self.src
+        out = np.zeros((len(self.src), h, w), np.uint8)
+        flags = (cv2.INTER_NEAREST if self.exact else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
+        x0, y0, x1, y1 = self.valid
+        for i, m in enumerate(self.src):
+            warped = cv2.warpAffine(m, self.inv, (w, h), flags=flags,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            out[i, y0:y1, x0:x1] = warped[y0:y1, x0:x1]
+        self.src, self.inv, self.exact, self.valid = out, identity, True, (0, 0, w, h)
+        return out
+
+
 # ----------------------------------------------------------------------------- input container
 class InstanceAugInput(T.AugInput):
     """AugInput that also carries per-instance data through geometric transforms.
@@ -356,7 +423,8 @@ class InstanceAugInput(T.AugInput):
         image: (H, W, C) uint8.
         boxes: (N, 4) float64 XYXY absolute; clipped to the image after every transform.
         is_crowd: (N,) bool.
-        masks: (H, W, N) uint8 0/1 instance masks ("each object is a channel"), or None.
+        masks: (N, H, W) uint8 0/1 instance masks, or None; the axis-aligned steps are
+            composed and sampled once, on access (see _DeferredMasks).
         polygons: list (N) of lists of (K, 2) float arrays, or None.
         indices: (N,) int64, the position of each surviving instance in the input.
     A transform with a `keep` attribute ((N,) bool, see InstanceCropTransform) drops instances.
@@ -369,13 +437,18 @@ class InstanceAugInput(T.AugInput):
         self.is_crowd = np.asarray(is_crowd, dtype=bool).reshape(-1)
         if len(self.is_crowd) != n:
             raise ValueError(f"is_crowd has {len(self.is_crowd)} entries for {n} boxes")
-        if masks is not None and (masks.ndim != 3 or masks.shape[2] != n or masks.shape[:2] != image.shape[:2]):
-            raise ValueError(f"masks must be (H, W, N) = {image.shape[:2] + (n,)}, got {masks.shape}")
+        if masks is not None and (masks.ndim != 3 or masks.shape != (n,) + image.shape[:2]):
+            raise ValueError(f"masks must be (N, H, W) = {(n,) + image.shape[:2]}, got {masks.shape}")
         if polygons is not None and len(polygons) != n:
             raise ValueError(f"polygons has {len(polygons)} entries for {n} boxes")
-        self.masks = masks
+        self._masks = None if masks is None else _DeferredMasks(masks)
         self.polygons = polygons
         self.indices = np.arange(n, dtype=np.int64)
+
+    @property
+    def masks(self):
+        """(N, H, W) uint8 instance masks in the current geometry (computed on first access)."""
+        return None if self._masks is None else self._masks.materialize()
 
     def transform(self, tfm):
         for t in (tfm.transforms if isinstance(tfm, TransformList) else [tfm]):
@@ -384,6 +457,7 @@ class InstanceAugInput(T.AugInput):
     def _apply_one(self, t):
         if isinstance(t, NoOpTransform):
             return
+        in_hw = self.image.shape[:2]
         self.image = t.apply_image(self.image)
         h, w = self.image.shape[:2]
         if len(self.boxes):
@@ -391,15 +465,14 @@ class InstanceAugInput(T.AugInput):
             boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
             boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
             self.boxes = boxes
-        if self.masks is not None:
-            if self.masks.shape[2] == 0:
-                self.masks = np.zeros((h, w, 0), dtype=np.uint8)
-            elif hasattr(t, "apply_instance_masks"):
-                self.masks = t.apply_instance_masks(self.masks)
-            else:
-                self.masks = t.apply_segmentation(self.masks)
-            if self.masks.ndim == 2:
-                self.masks = self.masks[:, :, None]
+        if self._masks is not None:
+            step = _inverse_step(t, in_hw, (h, w))
+            if step is not None:
+                self._masks.compose(step[0], step[1], (h, w), step[2])
+            else:  # any other transform: apply it to each materialised mask
+                masks = [t.apply_segmentation(m) for m in self._masks.materialize()]
+                self._masks = _DeferredMasks(np.stack(masks).astype(np.uint8) if masks
+                                             else np.zeros((0, h, w), np.uint8))
         if self.polygons is not None:
             # Clipping can leave slivers of < 3 points: those are no polygon any more.
             self.polygons = [[q for q in t.apply_polygons([p.copy() for p in polys]) if len(q) >= 3]
@@ -413,8 +486,8 @@ class InstanceAugInput(T.AugInput):
         self.boxes = self.boxes[keep]
         self.is_crowd = self.is_crowd[keep]
         self.indices = self.indices[keep]
-        if self.masks is not None:
-            self.masks = self.masks[:, :, keep]
+        if self._masks is not None:
+            self._masks.filter(keep)
         if self.polygons is not None:
             self.polygons = [p for p, k in zip(self.polygons, keep) if k]
 

@@ -201,8 +201,8 @@ class YolactDatasetMapper:
         is_crowd = np.array([bool(a.get("iscrowd", 0)) for a, _ in anns], dtype=bool)
         classes = np.array([int(a["category_id"]) for a, _ in anns], dtype=np.int64)
         if self.mask_format == "bitmask":
-            masks = (np.stack([self._decode_mask(a.get("segmentation"), h, w) for a, _ in anns], axis=2)
-                     if anns else np.zeros((h, w, 0), np.uint8))
+            masks = (np.stack([self._decode_mask(a.get("segmentation"), h, w) for a, _ in anns])
+                     if anns else np.zeros((0, h, w), np.uint8))  # (N, H, W)
             polygons = None
         else:
             masks = None
@@ -239,8 +239,7 @@ class YolactDatasetMapper:
         keep = (bw > self.min_box_rel_size * iw) & (bh > self.min_box_rel_size * ih)
         # A non-crowd instance with no mask pixel left cannot supervise the mask branch.
         if aug_input.masks is not None:
-            # (N, H, W) layout: the per-instance reductions and the tensor copy are contiguous.
-            masks_nhw = np.ascontiguousarray(aug_input.masks.transpose(2, 0, 1)).astype(bool)
+            masks_nhw = aug_input.masks.astype(bool)  # (N, H, W)
             has_pixels = (masks_nhw.reshape(len(boxes), -1).any(axis=1) if len(boxes)
                           else np.zeros(0, dtype=bool))
             keep &= aug_input.is_crowd | has_pixels
