@@ -336,8 +336,9 @@ def test_deferred_masks_equal_step_by_step_masks(preserve):
         inp, tfm = _run(geometric, image, boxes, masks)
         kept = masks[inp.indices]
         np.testing.assert_array_equal(inp.masks, _eager_masks(tfm, kept))
-        # With the final resize: equal but for boundary pixels (warpAffine quantises sampling
-        # positions to 1/32 px; cv2.resize does not), and at most a stray pixel at a crop edge.
+        # With the final resize: equal but for mask-boundary pixels (warpAffine quantises sampling
+        # positions to 1/32 px; cv2.resize does not) and the outer few pixels, where step-by-step
+        # resizing replicates the crop's edge while sampling once reads the pixels beyond it.
         np.random.seed(seed)
         inp, tfm = _run(geometric + [YolactResize(120, preserve_aspect_ratio=preserve)], image, boxes, masks)
         eager = _eager_masks(tfm, masks[inp.indices])
@@ -348,4 +349,6 @@ def test_deferred_masks_equal_step_by_step_masks(preserve):
             band = cv2.dilate(e, kernel) - cv2.erode(e, kernel)
             mismatch = e != lazy
             assert mismatch.sum() <= 0.1 * max(e.sum(), 10), (seed, i)
-            assert (mismatch & (band == 0)).sum() <= 2, (seed, i)
+            interior = np.zeros_like(mismatch)
+            interior[8:-8, 8:-8] = True
+            assert (mismatch & (band == 0) & interior).sum() == 0, (seed, i)

@@ -228,7 +228,8 @@ class RandomSampleCrop(T.Augmentation):
 
     Repeatedly pick a mode uniformly from `min_ious` (None: keep the whole image). For a mode,
     try up to `max_trials` crops: side ~ U(min_scale, 1) * image side, h/w within
-    [1/max_aspect, max_aspect], top-left uniform, rounded to an int rect. A crop is accepted
+    [1/max_aspect, max_aspect], top-left ~ U(1, W - w) (sic, numpy argument order), rounded to
+    an int rect. A crop is accepted
     when at least one non-crowd box has its centre strictly inside it; every box whose centre
     is inside is kept (crowd boxes included), the others are dropped.
 
@@ -264,9 +265,11 @@ class RandomSampleCrop(T.Augmentation):
                 ch = np.random.uniform(self.min_scale * h, h)
                 if ch / cw < 1.0 / self.max_aspect or ch / cw > self.max_aspect:
                     continue
-                left = np.random.uniform(0, w - cw)
-                top = np.random.uniform(0, h - ch)
-                x0, y0, x1, y1 = int(left), int(top), int(left + cw), int(top + ch)
+                # Official: numpy's uniform(W - w), i.e. low=W - w, high=1: between 1 and W - w.
+                left = np.random.uniform(w - cw, 1.0)
+                top = np.random.uniform(h - ch, 1.0)
+                x0, y0 = int(left), int(top)
+                x1, y1 = min(int(left + cw), w), min(int(top + ch), h)
                 if self.strict_iou and _iou_with_rect(boxes, (x0, y0, x1, y1)).max() < min_iou:
                     continue
                 keep = ((x0 < centers[:, 0]) & (y0 < centers[:, 1])
