@@ -30,22 +30,24 @@ step() {  # step NAME CHECK_CMD DO_CMD: run DO_CMD unless CHECK_CMD succeeds; pr
 }
 
 pip_q() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+# Cheap checks (no torch import): a no-op run must be quick.
+has_modules() { "$PY" -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in sys.argv[1:]))" "$@"; }
 file_hash() { { cat "$@" 2>/dev/null || true; } | sha256sum | cut -d' ' -f1; }
 
 REQ_HASH=$(file_hash requirements.txt)
 EXT_HASH=$(file_hash setup.py yolact_d2/layers/csrc/*)
 
 step "virtual environment ($VENV)" "[ -x '$PY' ]" "python3 -m venv '$VENV' && pip_q --upgrade pip"
-step "torch + torchvision ($TORCH_SPEC)" "'$PY' -c 'import torch, torchvision'" "pip_q $TORCH_SPEC"
+step "torch + torchvision ($TORCH_SPEC)" "has_modules torch torchvision" "pip_q $TORCH_SPEC"
 # An installed detectron2 (e.g. upstream main built from source) is kept and used.
-step "detectron2 (python-only v0.6 wheel from pb1-detectron2)" "'$PY' -c 'import detectron2'" \
+step "detectron2 (python-only v0.6 wheel from pb1-detectron2)" "has_modules detectron2" \
   "'$PY' scripts/build_detectron2_wheel.py '$SDIST' '$WHEELS' && pip_q '$WHEELS'/detectron2-0.6+nocsrc-py3-none-any.whl"
 step "dependencies (requirements.txt)" "grep -qx '$REQ_HASH' '$VENV/.yolact_d2_requirements'" \
   "pip_q -r requirements.txt && echo '$REQ_HASH' > '$VENV/.yolact_d2_requirements'"
 # The extension compiles CUDA kernels whenever nvcc is present (no GPU needed to build).
 export MAX_JOBS=${MAX_JOBS:-2}
 step "yolact_d2 (editable) + C++/CUDA extension" \
-  "grep -qx '$EXT_HASH' '$VENV/.yolact_d2_extension' && '$PY' -c 'import yolact_d2._C'" \
+  "grep -qx '$EXT_HASH' '$VENV/.yolact_d2_extension' && ls yolact_d2/_C*.so && has_modules yolact_d2" \
   "pip_q --no-build-isolation --no-deps -e . && echo '$EXT_HASH' > '$VENV/.yolact_d2_extension'"
-"$PY" -c "import detectron2, yolact_d2; print('[setup] detectron2', detectron2.__version__, '| yolact_d2', yolact_d2.__version__)"
+"$PY" -W ignore::FutureWarning -c "import detectron2, yolact_d2; print('[setup] detectron2', detectron2.__version__, '| yolact_d2', yolact_d2.__version__)"
 echo "[setup] finished in $((SECONDS - T_ALL)) s"
