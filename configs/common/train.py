@@ -1,0 +1,16 @@
+"""Common training settings (Detectron2's LazyConfig `train` node, read by tools/train_net.py)."""
+train = dict(
+    output_dir="./output",
+    # A checkpoint to start from (ImageNet backbone, official YOLACT weights converted with
+    # tools/convert_yolact_weights.py, or a model of ours trained with another class count).
+    init_checkpoint="",
+    max_iter=800000,  # official yolact_base (batch 8)
+    amp=dict(enabled=False),  # CUDA only
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    checkpointer=dict(period=10000, max_to_keep=5),
+    eval_period=10000,  # 0 disables periodic evaluation (the final one still runs)
+    log_period=20,
+    device="cuda",
+    seed=0,  # seeds the data stream (order and augmentation) and all RNGs
+    sync_bn=False,  # BatchNorm2d -> SyncBatchNorm (CUDA) / NaiveSyncBatchNorm (CPU)
+)

@@ -1,0 +1,24 @@
+"""Training helpers on top of Detectron2's engine (used by tools/train_net.py)."""
+from .checkpoint import CLASS_DEPENDENT_KEYS, YolactCheckpointer
+from .data import StreamDataset, StreamSampler, build_resumable_train_loader
+from .launch import launch, launch_cpu
+from .overrides import UnknownConfigKeyError, apply_overrides
+from .schedule import yolact_lr_multiplier
+from .sync_bn import convert_sync_batchnorm
+from .trainer import NonFiniteLossError, YolactTrainer
+
+__all__ = [
+    "CLASS_DEPENDENT_KEYS",
+    "YolactCheckpointer",
+    "StreamDataset",
+    "StreamSampler",
+    "build_resumable_train_loader",
+    "launch",
+    "launch_cpu",
+    "UnknownConfigKeyError",
+    "apply_overrides",
+    "yolact_lr_multiplier",
+    "convert_sync_batchnorm",
+    "NonFiniteLossError",
+    "YolactTrainer",
+]
