@@ -229,9 +229,9 @@ class RandomSampleCrop(T.Augmentation):
     Repeatedly pick a mode uniformly from `min_ious` (None: keep the whole image). For a mode,
     try up to `max_trials` crops: side ~ U(min_scale, 1) * image side, h/w within
     [1/max_aspect, max_aspect], top-left ~ U(1, W - w) (sic, numpy argument order), rounded to
-    an int rect. A crop is accepted
-    when at least one non-crowd box has its centre strictly inside it; every box whose centre
-    is inside is kept (crowd boxes included), the others are dropped.
+    an int rect. A crop is accepted when at least one non-crowd box has its centre strictly
+    inside it; every box whose centre is inside is kept (crowd boxes included), the others are
+    dropped; kept boxes are clipped to the crop.
 
     The official IoU test reads ``overlap.min() < min_iou and max_iou < overlap.max()`` with
     max_iou = inf, so it never rejects a crop (the author kept that: fixing it halved mAP).
