@@ -284,3 +284,17 @@ def test_detectron2_loader_substitutes_an_image_the_mapper_rejects(shapes):
                                           total_batch_size=4, num_workers=0)
     batch = next(iter(loader))
     assert all(len(x["instances"]) > 0 for x in batch)
+
+
+def test_mapper_is_a_function_of_the_numpy_seed(shapes):
+    """Resumable data streams re-seed numpy per sample: the same seed must give the same sample."""
+    mapper = YolactDatasetMapper(True, build_ssd_augmentation(size=96), num_classes=NUM_CLASSES)
+    outs = []
+    for _ in range(2):
+        np.random.seed(123)
+        outs.append([mapper(d) for d in shapes["dicts"][:4]])
+    for a, b in zip(*outs):
+        assert torch.equal(a["image"], b["image"])
+        assert torch.equal(a["instances"].gt_boxes.tensor, b["instances"].gt_boxes.tensor)
+        assert torch.equal(a["instances"].gt_masks.tensor, b["instances"].gt_masks.tensor)
+        assert torch.equal(a["crowd_boxes"], b["crowd_boxes"])
