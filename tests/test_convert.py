@@ -142,3 +142,24 @@ def test_tool_end_to_end(tmp_path, r50_official, capsys):
     torch.save({"model": r50_official, "evil": object.__new__(Rule)}, src)
     assert convert_yolact_weights.main([str(src), str(tmp_path / "never.pth")]) == 1
     assert "weights_only=True" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tool_imagenet_backbone(tmp_path, capsys):
+    import torchvision
+
+    tv = torchvision.models.resnet50().state_dict()
+    src, dst = tmp_path / "resnet50-19c8e357.pth", tmp_path / "r50_imagenet.pth"
+    torch.save(tv, src)
+    assert convert_yolact_weights.main([str(src), str(dst)]) == 1
+    assert "pass --config" in capsys.readouterr().err
+    cfg = os.path.join(REPO, "configs/yolact/yolact_R_50_FPN_550.py")
+    assert convert_yolact_weights.main([str(src), str(dst), "--config", cfg]) == 0
+    assert "backbone only" in capsys.readouterr().out
+    model = instantiate(LazyConfig.load(cfg).model)
+    checkpointer = DetectionCheckpointer(model)
+    incompatible = checkpointer._load_model(checkpointer._load_file(str(dst)))
+    assert not incompatible.unexpected_keys
+    assert all(not k.startswith("backbone.bottom_up.") for k in incompatible.missing_keys)
+    torch.testing.assert_close(model.backbone.bottom_up.res4[5].conv2.weight, tv["layer3.5.conv2.weight"])
+    torch.testing.assert_close(model.backbone.bottom_up.stem.conv1.norm.running_var, tv["bn1.running_var"])

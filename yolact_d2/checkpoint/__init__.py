@@ -8,7 +8,9 @@ from .convert import (
     convert_official_state_dict,
     default_config_for,
     detect_variant,
+    is_torchvision_resnet,
     load_official_checkpoint,
+    torchvision_resnet_to_official,
 )
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "detect_variant",
     "default_config_for",
     "load_official_checkpoint",
+    "is_torchvision_resnet",
+    "torchvision_resnet_to_official",
 ]
 from .layouts import OFFICIAL_CONFIGS, official_layout, synthetic_official_state_dict  # noqa: E402
 

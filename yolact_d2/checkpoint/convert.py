@@ -274,6 +274,24 @@ def default_config_for(info: Dict) -> str:
     return f"configs/yolact/yolact_{plus}R_{info['depth']}_FPN_550.py"
 
 
+def is_torchvision_resnet(state: Mapping[str, torch.Tensor]) -> bool:
+    """An ImageNet ResNet in torchvision's layout (official YOLACT's backbone init, e.g.
+    resnet50-19c8e357.pth or resnet101_reducedfc.pth)."""
+    return "layer1.0.conv1.weight" in state and "conv1.weight" in state
+
+
+def torchvision_resnet_to_official(state: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """torchvision ResNet keys -> official YOLACT backbone keys (what its init_backbone does);
+    the ImageNet classifier (fc.*) is dropped."""
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for key, value in state.items():
+        if key.startswith("fc."):
+            continue
+        m = re.match(r"layer(\d+)\.(.*)", key)
+        out[f"backbone.layers.{int(m.group(1)) - 1}.{m.group(2)}" if m else f"backbone.{key}"] = value
+    return out
+
+
 def load_official_checkpoint(path: str) -> "OrderedDict[str, torch.Tensor]":
     """torch.load with weights_only=True (no code from the pickle); accepts {"model": sd} too."""
     try:
