@@ -298,3 +298,26 @@ def test_mapper_is_a_function_of_the_numpy_seed(shapes):
         assert torch.equal(a["instances"].gt_boxes.tensor, b["instances"].gt_boxes.tensor)
         assert torch.equal(a["instances"].gt_masks.tensor, b["instances"].gt_masks.tensor)
         assert torch.equal(a["crowd_boxes"], b["crowd_boxes"])
+
+
+def test_uncompressed_and_compressed_rle_masks(shapes):
+    """COCO crowd regions come as uncompressed RLE (list counts); both kinds decode to the mask."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:24, 4:40] = 1
+    counts, value, run = [], 0, 0  # alternating run lengths, column-major, starting with zeros
+    for v in mask.flatten(order="F"):
+        if v == value:
+            run += 1
+        else:
+            counts.append(run)
+            value, run = v, 1
+    counts.append(run)
+    uncompressed = {"size": [64, 64], "counts": counts}
+    assert (mask_util.decode(mask_util.frPyObjects(uncompressed, 64, 64)) == mask).all()
+    compressed = mask_util.encode(np.asfortranarray(mask))
+    compressed["counts"] = compressed["counts"].decode()
+    d = _dict_with(shapes, [_ann([4, 8, 40, 24], segmentation=uncompressed, ann_id=1),
+                            _ann([4, 8, 40, 24], segmentation=compressed, ann_id=2)])
+    out = YolactDatasetMapper(True, [YolactResize(64)], num_classes=NUM_CLASSES)(d)
+    m = out["instances"].gt_masks.tensor.numpy()
+    assert m.shape == (2, 64, 64) and (m[0] == mask).all() and (m[1] == mask).all()
