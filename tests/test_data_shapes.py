@@ -143,3 +143,19 @@ def test_registers_and_evaluates_like_coco(dataset, tmp_path):
     results = evaluator.evaluate()
     assert results["segm"]["AP"] == pytest.approx(100.0)
     assert results["bbox"]["AP"] == pytest.approx(100.0)
+
+
+def _generate_small(root):
+    generate_shapes_dataset(root, **SMALL)
+    return dataset_fingerprint(root)
+
+
+def test_concurrent_generation_is_safe(tmp_path):
+    """Several processes (e.g. one per GPU, each loading the config) may generate at once."""
+    import multiprocessing as mp
+
+    root = str(tmp_path / "s")
+    with mp.get_context("fork").Pool(3) as pool:
+        prints = pool.map(_generate_small, [root] * 3)
+    assert len(set(prints)) == 1 and prints[0] == dataset_fingerprint(root)
+    assert sorted(os.listdir(tmp_path)) == ["s"]
