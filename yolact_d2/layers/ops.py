@@ -49,14 +49,24 @@ except ImportError as e:  # not built (e.g. `pip install` without a compiler): p
 _warned_fallback = False
 
 
+def _query_kernels() -> Dict[Tuple[str, str], bool]:
+    """{(op, device type): whether yolact_d2._C registered a kernel for it}, asked once."""
+    found = {}
+    for op in ("fast_nms", "crop_masks"):
+        for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA")):
+            found[(op, device_type)] = _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+                f"yolact_d2::{op}", key
+            )
+    return found
+
+
+# a plain dict (not a dispatcher query per call) so torch.compile can trace the wrappers
+_KERNELS = _query_kernels()
+
+
 def _ext_has(op_name: str, device_type: str) -> bool:
     """Whether the compiled extension has a kernel for `op_name` on `device_type` ("cpu"/"cuda")."""
-    if _C is None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"yolact_d2::{op_name}", key)
+    return _C is not None and _KERNELS.get((op_name, device_type), False)
 
 
 def _warn_fallback_once() -> None:
@@ -194,6 +204,15 @@ def box_iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, inter / torch.where(positive, union, torch.ones_like(union)), torch.zeros_like(inter))
 
 
+def _top_sorted(x: torch.Tensor, k: int, dim: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The k largest along dim, sorted descending, equal values by lower index first."""
+    if torch.onnx.is_in_onnx_export():
+        # ONNX has no stable sort; its TopK orders equal values by lower index (the same rule)
+        return torch.topk(x, k, dim=dim, largest=True, sorted=True)
+    values, indices = torch.sort(x, dim=dim, descending=True, stable=True)
+    return values.narrow(dim, 0, k), indices.narrow(dim, 0, k)
+
+
 def _suppressed_by_earlier(iou: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """(..., K, K) IoU of score-sorted boxes -> (..., K) bool keep: no earlier box has IoU > thr."""
     iou = torch.triu(iou, diagonal=1)  # only pairs (i < j): i scores higher than j
@@ -219,7 +238,7 @@ def fast_nms_pytorch(
             return _empty_nms(scores)
         best, best_class = scores.max(dim=0)  # (N,), (N,): first max wins on ties
         k = min(top_k, n)
-        order = torch.sort(best, descending=True, stable=True).indices[:k]  # (K,)
+        order = _top_sorted(best, k)[1]  # (K,)
         keep = _suppressed_by_earlier(box_iou_matrix(boxes[order], boxes[order]), iou_threshold)
         order = order[keep][:max_detections]  # already sorted by score
         return order, best_class[order], best[order]
@@ -227,15 +246,14 @@ def fast_nms_pytorch(
     k = min(top_k, n)
     if num_classes == 0 or k == 0:
         return _empty_nms(scores)
-    sorted_scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
-    sorted_scores, order = sorted_scores[:, :k], order[:, :k]  # (C, K)
+    sorted_scores, order = _top_sorted(scores, k, dim=1)  # (C, K)
     cand = boxes[order.reshape(-1)].reshape(num_classes, k, 4)  # (C, K, 4)
     keep = _suppressed_by_earlier(box_iou_matrix(cand, cand), iou_threshold)  # (C, K)
     classes = torch.arange(num_classes, device=device).unsqueeze(1).expand(num_classes, k)
     kept_scores = sorted_scores[keep]  # class-major, rank-minor order
     kept_idx = order[keep]
     kept_classes = classes[keep]
-    final = torch.sort(kept_scores, descending=True, stable=True).indices[:max_detections]
+    final = _top_sorted(kept_scores, min(max_detections, kept_scores.shape[0]))[1]
     return kept_idx[final], kept_classes[final], kept_scores[final]
 
 
