@@ -5,7 +5,7 @@ The deformable 3x3 conv keeps the official parameter layout (``conv2.weight``, `
 and runs on ``torchvision.ops.deform_conv2d`` (no Detectron2 ``_C`` needed).
 Everything else is Detectron2's own ResNet (stem, stages, shortcut, freezing).
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -182,6 +182,7 @@ def make_deform_resnet_stages(
     deform_interval: int = 1,
     norm="BN",
     stride_in_1x1: bool = False,
+    num_blocks_per_stage: Optional[Sequence[int]] = None,
     **kwargs,
 ) -> List[List[CNNBlockBase]]:
     """Stages res2-res5 (as ``ResNet.make_default_stages``) with official DCN placement.
@@ -189,11 +190,14 @@ def make_deform_resnet_stages(
     ``num_deform_last_per_stage`` and ``deform_interval`` are the official ``dcn_layers`` and
     ``dcn_interval`` (config ``resnet50_dcnv2_backbone``: (0, 4, 6, 3), 1;
     ``resnet101_dcn_inter3_backbone``: (0, 4, 23, 3), 3). Stride is in the 3x3 conv like
-    torchvision / the official ResNet (``stride_in_1x1=False``).
+    torchvision / the official ResNet (``stride_in_1x1=False``). ``num_blocks_per_stage``
+    overrides the depth's block counts (e.g. (1, 1, 1, 1) for a small test network).
     """
     if depth not in _NUM_BLOCKS:
         raise ValueError(f"deformable ResNet depth must be one of {sorted(_NUM_BLOCKS)}, got {depth}")
-    blocks_per_stage = _NUM_BLOCKS[depth]
+    blocks_per_stage = list(num_blocks_per_stage or _NUM_BLOCKS[depth])
+    if len(blocks_per_stage) != 4 or min(blocks_per_stage) < 1:
+        raise ValueError(f"num_blocks_per_stage needs 4 positive counts (res2..res5), got {blocks_per_stage}")
     if len(num_deform_last_per_stage) != 4:
         raise ValueError(
             "num_deform_last_per_stage needs one entry per stage res2..res5, "
@@ -229,6 +233,7 @@ def build_deform_resnet(
     norm="FrozenBN",
     out_features=("res3", "res4", "res5"),
     freeze_at: int = 0,
+    num_blocks_per_stage: Optional[Sequence[int]] = None,
 ) -> ResNet:
     """A Detectron2 ``ResNet`` backbone with YOLACT++'s deformable blocks (C3-C5 by default).
 
@@ -237,7 +242,12 @@ def build_deform_resnet(
     """
     stem = BasicStem(in_channels=3, out_channels=64, norm=norm)
     stages = make_deform_resnet_stages(
-        depth, num_deform_last_per_stage, deform_interval, norm=norm, stride_in_1x1=False
+        depth,
+        num_deform_last_per_stage,
+        deform_interval,
+        norm=norm,
+        stride_in_1x1=False,
+        num_blocks_per_stage=num_blocks_per_stage,
     )
     return ResNet(stem, stages, out_features=list(out_features), freeze_at=freeze_at)
 
