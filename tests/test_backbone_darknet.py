@@ -113,3 +113,48 @@ def test_bad_input_errors():
         DarkNet(out_features=("res3",))
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         build_darknet53()(torch.zeros(1, 1, 32, 32))
+
+
+# ------------------------------------------------------------------------------ config + weights
+CONFIG = Path(__file__).resolve().parents[1] / "configs/yolact/yolact_D_53_FPN_550.py"
+
+
+@pytest.mark.slow
+def test_d53_config_converts_synthetic_official_checkpoint_and_preprocesses_like_official():
+    from detectron2.config import LazyConfig, instantiate
+
+    from yolact_d2.checkpoint import (
+        ConversionError,
+        convert_official_state_dict,
+        default_config_for,
+        detect_variant,
+        synthetic_official_state_dict,
+    )
+
+    official = synthetic_official_state_dict("yolact_darknet53_config", seed=2)
+    info = detect_variant(official)
+    assert info["backbone"] == "darknet53" and not info["plus"]
+    assert default_config_for(info) == "configs/yolact/yolact_D_53_FPN_550.py"
+    model = instantiate(LazyConfig.load(str(CONFIG)).model).eval()
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    converted, summary = convert_official_state_dict(official, expected)
+    model.load_state_dict(converted, strict=True)
+    assert summary.mapped == len(expected) and len(summary.dropped) == sum(
+        k.endswith("num_batches_tracked") for k in official)
+    bb = model.backbone.bottom_up
+    assert torch.equal(bb.stem.weight, official["backbone._preconv.0.weight"])
+    assert torch.equal(bb.dark3[0].norm.running_mean, official["backbone.layers.2.0.1.running_mean"])
+    assert torch.equal(bb.dark5[4].conv2.norm.bias, official["backbone.layers.4.4.conv2.1.bias"])
+    assert torch.equal(bb.dark2[2].conv1.weight, official["backbone.layers.1.2.conv1.0.weight"])
+    # FPN lateral 0 (official: coarsest, C5 = 1024 channels) -> our last lateral
+    assert torch.equal(model.backbone.lateral_convs[2].weight, official["fpn.lat_layers.0.weight"])
+    broken = dict(official)
+    broken["backbone.layers.3.0.1.running_var"] = torch.ones(256)
+    with pytest.raises(ConversionError, match=r"dark4\.0\.norm\.running_var.*\[512\]"):
+        convert_official_state_dict(broken, expected)
+
+    # Official darknet_transform: resize, /255 (no mean), BGR -> RGB.
+    img = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8)
+    x = model.preprocess_image([{"image": img}]).tensor[0]
+    want = F.interpolate(img.float()[None], size=(550, 550), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(x, want[[2, 1, 0]] / 255.0)
