@@ -24,6 +24,9 @@ from yolact_d2.data.augmentations import (
     build_ssd_augmentation,
 )
 
+# pycocotools on numpy 2 warns on every decode; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
 
 def _rect_scene(h=48, w=64, rects=((4, 6, 20, 30), (30, 10, 60, 40), (10, 30, 26, 46)), seed=0):
     """Image plus axis-aligned rectangle instances: a rectangle's mask box is its box exactly."""

@@ -7,6 +7,9 @@ from detectron2.evaluation import COCOEvaluator
 
 from yolact_d2.data import YolactDatasetMapper
 
+# pycocotools on numpy 2 warns on every decode; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
 
 @pytest.mark.slow
 def test_shapes_config_generates_registers_and_loads(tmp_path, monkeypatch):

@@ -19,6 +19,9 @@ from yolact_d2.data.augmentations import InstanceCropTransform, YolactResize
 from yolact_d2.data.datasets import register_coco_dataset
 from yolact_d2.data.shapes import generate_shapes_dataset, register_shapes
 
+# pycocotools on numpy 2 warns on every decode; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
 NUM_CLASSES = 4
 
 

@@ -8,11 +8,14 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import Boxes, Instances
 from pycocotools.coco import COCO
 
 from yolact_d2.data import shapes as shapes_mod
 from yolact_d2.data.shapes import dataset_fingerprint, generate_shapes_dataset, register_shapes
+
+# pycocotools on numpy 2 warns on every decode; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
 SMALL = dict(num_train=10, num_val=4, image_size=64)
 
