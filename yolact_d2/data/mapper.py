@@ -71,10 +71,13 @@ class YolactDatasetMapper:
         if mask_format not in ("bitmask", "polygon"):
             raise ValueError(f"mask_format must be 'bitmask' or 'polygon', got {mask_format!r}")
         self.is_train = is_train
-        self.augmentations = T.AugmentationList(list(augmentations or []))
+        if isinstance(augmentations, T.AugmentationList):
+            augmentations = augmentations.augs
+        augmentations = list(augmentations or [])
+        self.augmentations = T.AugmentationList(augmentations)
         # The fall-back for a last retry: only the resize-type augmentations (no randomness).
         self._resize_only = T.AugmentationList(
-            [a for a in (augmentations or []) if isinstance(a, (YolactResize, T.Resize, T.ResizeShortestEdge))])
+            [a for a in augmentations if isinstance(a, (YolactResize, T.Resize, T.ResizeShortestEdge))])
         self.image_format = image_format
         self.mask_format = mask_format
         self.num_classes = num_classes
