@@ -1,6 +1,8 @@
 """YOLACT ResNet-101-FPN, 550x550 (official yolact_base: 29.8 mask AP on COCO test-dev).
 
 Official weights: yolact_base_54_800000.pth (convert with tools/convert_yolact_weights.py).
+Training from ImageNet as official: convert torchvision's resnet101_reducedfc.pth with
+`tools/convert_yolact_weights.py resnet101_reducedfc.pth init.pth --config <this file>`, then train.init_checkpoint=init.pth.
 """
 from ..common.data.coco import dataloader
 from ..common.models.yolact import model

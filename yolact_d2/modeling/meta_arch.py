@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.backbone import Backbone
 from detectron2.structures import ImageList, Instances
@@ -135,13 +136,8 @@ class Yolact(nn.Module):
     def _resized_size(self, h: int, w: int) -> Tuple[int, int]:
         if self.resize_mode == "squash":
             return self.input_size, self.input_size
-        # Detectron2 ResizeShortestEdge.get_output_shape rule (short side, long-side cap, round).
-        scale = self.input_size / min(h, w)
-        newh, neww = h * scale, w * scale
-        if max(newh, neww) > self.max_size:
-            scale = self.max_size / max(newh, neww)
-            newh, neww = newh * scale, neww * scale
-        return int(newh + 0.5), int(neww + 0.5)
+        # Detectron2's ResizeShortestEdge rule (short side, long-side cap, rounding).
+        return ResizeShortestEdge.get_output_shape(h, w, self.input_size, self.max_size)
 
     def _normalize(self, image: torch.Tensor, resize: bool) -> torch.Tensor:
         """uint8 (3, h, w) -> float (3, h', w'), resized, normalised, channels for the network."""
