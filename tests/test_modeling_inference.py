@@ -119,3 +119,18 @@ def test_padded_canvas_maps_back_to_the_image():
     assert r.pred_masks.shape == (1, 300, 600)
     assert abs(cols.min().item() - 75) <= 1 and abs(cols.max().item() - 374) <= 1
     assert rows.min().item() == 0 and abs(rows.max().item() - 224) <= 1
+
+
+def test_mask_rescoring_hook_multiplies_class_score_by_predicted_iou():
+    boxes, conf = _case()
+    seen = {}
+
+    def maskiou(masks):  # (D, 1, Hp, Wp) cropped mask probabilities -> (D, C) predicted IoU
+        seen["shape"] = tuple(masks.shape)
+        return torch.tensor([[0.5, 0.1], [0.3, 0.8]])
+
+    pp = YolactPostProcessor()
+    r = pp(boxes, conf, torch.full((4, 1), 10.0), torch.ones(4, 4, 1), (550, 550), (550, 550), (100, 200), mask_rescoring=maskiou)
+    assert seen["shape"] == (2, 1, 4, 4)
+    assert r.pred_classes.tolist() == [0, 1]
+    assert r.scores.tolist() == pytest.approx([0.90 * 0.5, 0.70 * 0.8])

@@ -330,3 +330,13 @@ def test_training_step_with_yolact_loss(small):
     finally:
         model.eval()
         model.zero_grad()
+
+
+def test_set_num_classes_reaches_every_part():
+    from yolact_d2.modeling import set_num_classes
+
+    cfg = LazyConfig.load("configs/yolact/yolact_R_50_FPN_550.py")
+    set_num_classes(cfg.model, 3)
+    model = instantiate(cfg.model)
+    assert model.num_classes == model.head.num_classes == model.criterion.num_classes == 3
+    assert model.head.cls_score.out_channels == 3 * 4 and model.semantic_seg_conv.out_channels == 3
