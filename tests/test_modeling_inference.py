@@ -134,3 +134,15 @@ def test_mask_rescoring_hook_multiplies_class_score_by_predicted_iou():
     assert seen["shape"] == (2, 1, 4, 4)
     assert r.pred_classes.tolist() == [0, 1]
     assert r.scores.tolist() == pytest.approx([0.90 * 0.5, 0.70 * 0.8])
+
+
+def test_standard_nms_uses_the_official_plus_one_pixel_iou():
+    # Two 10x10-pixel boxes (at a 100 input) shifted by 4 px: IoU 60/140 = 0.43 without the +1,
+    # with the official "+1" (11x11 boxes, 7x11 overlap): 77/165 = 0.467 > 0.45 -> suppressed.
+    boxes = torch.tensor([[0.10, 0.10, 0.20, 0.20], [0.14, 0.10, 0.24, 0.20]])
+    conf = torch.tensor([[0.0, 0.9, 0.1], [0.0, 0.8, 0.2]])
+    pp = YolactPostProcessor(standard_nms=True, nms_iou=0.45)
+    keep, classes, scores = pp._standard_nms(boxes, conf[:, 1:].t(), (100, 100))
+    # class 0: A (0.9) suppresses B (0.8); class 1: B (0.2) suppresses A (0.1)
+    assert keep.tolist() == [0, 1] and classes.tolist() == [0, 1]
+    assert scores.tolist() == pytest.approx([0.9, 0.2])

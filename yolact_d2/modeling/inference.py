@@ -50,8 +50,9 @@ class YolactPostProcessor:
         score_thresh: final detections need score > this (official `--score_threshold`, 0 = off).
         class_agnostic: official cross-class Fast NMS (each box competes once, with its best class).
         standard_nms: ordinary per-class NMS (torchvision batched_nms on every (class, prior) pair
-            above conf_thresh) instead of Fast NMS; official `--fast_nms=False` uses a Cython NMS
-            whose areas add 1 pixel, so results can differ slightly from the official ones there.
+            above conf_thresh) instead of Fast NMS, like official `--fast_nms=False`: its Cython
+            NMS works on boxes in input pixels with the "+1" area convention, reproduced here by
+            extending x2/y2 by one pixel (same IoU).
         crop: zero each mask outside its box at prototype resolution (official `--crop`).
         mask_threshold: full-image mask probability threshold (official 0.5, strict ">").
         integer_boxes: truncate pixel boxes to whole pixels like the official postprocess
@@ -91,8 +92,9 @@ class YolactPostProcessor:
         self.mask_chunk = mask_chunk
 
     # ------------------------------------------------------------------ detection (Detect)
-    def detect(self, boxes: torch.Tensor, conf: torch.Tensor, coef: torch.Tensor):
-        """boxes (P, 4) relative XYXY, conf (P, C+1) softmax probabilities, coef (P, K).
+    def detect(self, boxes: torch.Tensor, conf: torch.Tensor, coef: torch.Tensor, input_size=(550, 550)):
+        """boxes (P, 4) relative XYXY, conf (P, C+1) softmax probabilities, coef (P, K);
+        input_size (H, W) of the network input (pixel scale of the standard NMS).
 
         Returns boxes (D, 4), classes (D,) 0-based, scores (D,), coef (D, K), sorted by score.
         """
@@ -101,17 +103,20 @@ class YolactPostProcessor:
         keep = best > self.conf_thresh
         fg, boxes, coef = fg[:, keep], boxes[keep], coef[keep]
         if self.standard_nms:
-            idx, classes, scores = self._standard_nms(boxes, fg)
+            idx, classes, scores = self._standard_nms(boxes, fg, input_size)
         else:
             idx, classes, scores = fast_nms(
                 boxes, fg, self.nms_iou, self.top_k, self.max_detections, self.class_agnostic
             )
         return boxes[idx], classes, scores, coef[idx]
 
-    def _standard_nms(self, boxes: torch.Tensor, fg: torch.Tensor):
+    def _standard_nms(self, boxes: torch.Tensor, fg: torch.Tensor, input_size):
         cls_idx, prior_idx = torch.nonzero(fg > self.conf_thresh, as_tuple=True)
         scores = fg[cls_idx, prior_idx]
-        kept = batched_nms(boxes[prior_idx].float(), scores.float(), cls_idx, self.nms_iou)
+        h, w = float(input_size[0]), float(input_size[1])
+        pixel = boxes[prior_idx].float() * boxes.new_tensor([w, h, w, h])
+        pixel[:, 2:] += 1  # official Cython NMS: (x2 - x1 + 1) widths and intersections
+        kept = batched_nms(pixel, scores.float(), cls_idx, self.nms_iou)
         kept = kept[torch.sort(scores[kept], descending=True, stable=True).indices][: self.max_detections]
         return prior_idx[kept], cls_idx[kept], scores[kept]
 
@@ -141,7 +146,7 @@ class YolactPostProcessor:
                 the score of each detection becomes class score x IoU of its class.
         """
         height, width = int(output_size[0]), int(output_size[1])
-        boxes, classes, scores, coef = self.detect(boxes, conf, coef)
+        boxes, classes, scores, coef = self.detect(boxes, conf, coef, input_size)
         if self.score_thresh > 0:
             keep = scores > self.score_thresh
             boxes, classes, scores, coef = boxes[keep], classes[keep], scores[keep], coef[keep]
