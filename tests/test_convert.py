@@ -69,6 +69,21 @@ def test_r101_layout_maps_completely():
         assert [k for k, _, _ in official_layout(name)] == list(official)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["yolact_darknet53_config", "yolact_plus_resnet50_config", "yolact_plus_base_config"])
+def test_every_official_layout_converts_for_its_default_config(layout):
+    from yolact_d2.checkpoint import default_config_for
+
+    official = {k: torch.empty(s, dtype=d) for k, s, d in official_layout(layout)}
+    config = default_config_for(detect_variant(official))
+    model = instantiate(LazyConfig.load(os.path.join(REPO, config)).model)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    out, summary = convert_official_state_dict(official, expected)
+    assert set(out) == set(expected)
+    floats = sum(v.numel() for v in official.values() if v.dtype.is_floating_point)
+    assert summary.num_values == floats  # every float value of the official checkpoint is used
+
+
 def test_missing_key_stops(r50_official, r50_expected):
     bad = dict(r50_official)
     del bad["backbone.layers.2.3.conv2.weight"]
