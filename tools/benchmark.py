@@ -212,6 +212,7 @@ def build_official(root: str, config_name: str, weights: Optional[str], device: 
         from data.config import cfg, set_cfg  # noqa: F401  (official global config)
 
         set_cfg(config_name if config_name.endswith("_config") else config_name + "_config")
+        cfg.mask_proto_debug = False  # set by the official eval.py before it evaluates
         import yolact as official_yolact
         from layers.output_utils import postprocess
         from utils.augmentations import FastBaseTransform
@@ -220,7 +221,8 @@ def build_official(root: str, config_name: str, weights: Optional[str], device: 
         net = official_yolact.Yolact()
         if weights:
             net.load_weights(weights)  # else: the constructor's (seeded) random initialisation
-        net = net.to(device).eval()
+        net = net.to(device)
+        net.eval()  # the official train() override returns None: no chaining
         net.detect.use_fast_nms = True
         net.detect.use_cross_class_nms = False
         transform = FastBaseTransform()

@@ -1,0 +1,127 @@
+"""Whole-model export (resize + network + Fast NMS + mask assembly): eager wrapper, ONNX with
+onnxruntime, TorchScript through tools/export_model.py.
+
+Oracle: the PyTorch model's own inference (`model([{"image", "height", "width"}])`) with the
+same seeded weights; "same detections" = classes equal, scores within 1e-4, mask IoU >= 0.99.
+"""
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import inference_fixtures as fx
+from yolact_d2.export.optimize import fold_batch_norm
+from yolact_d2.export.wrapper import YolactExportWrapper
+
+
+@pytest.fixture(scope="module")
+def state():
+    return fx.seeded_state_dict(seed=0)
+
+
+def reference_instances(model, image):
+    tensor = torch.as_tensor(image.transpose(2, 0, 1).copy())
+    with torch.no_grad():
+        return model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])[0]["instances"]
+
+
+def assert_same(got, want):
+    assert len(got) == len(want) > 0
+    assert torch.equal(got.pred_classes, want.pred_classes)
+    assert (got.scores - want.scores).abs().max() <= 1e-4
+    assert (got.pred_boxes.tensor - want.pred_boxes.tensor).abs().max() <= 1
+    inter = (got.pred_masks & want.pred_masks).flatten(1).sum(1).float()
+    union = (got.pred_masks | want.pred_masks).flatten(1).sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    assert iou.min() >= 0.99
+
+
+def test_wrapper_matches_inference_with_padding(state):
+    from yolact_d2.export.onnx import outputs_to_instances
+
+    model = fx.build_model(opts=fx.SMALL_OPTS + ["model.post_processor.score_thresh=0.3"])
+    model.load_state_dict(state)
+    images = [fx.test_image(90, 120, seed=s) for s in (4, 5)]
+    wrapper = YolactExportWrapper(model).eval()
+    batch = torch.stack([torch.as_tensor(im.transpose(2, 0, 1).copy()) for im in images])
+    with torch.no_grad():
+        outputs = wrapper(batch)
+    boxes, scores, classes, masks, counts = outputs
+    assert boxes.shape == (2, 100, 4) and masks.shape == (2, 100, 90, 120) and masks.dtype == torch.bool
+    for i, image in enumerate(images):
+        want = reference_instances(model, image)
+        n = int(counts[i])
+        assert n == len(want) and 0 < n < 100  # score_thresh leaves fewer than max_detections
+        # padding rows: class -1, score 0, empty mask
+        assert torch.all(classes[i, n:] == -1) and torch.all(scores[i, n:] == 0) and not masks[i, n:].any()
+        got = outputs_to_instances(outputs, (90, 120))[i]
+        assert_same(got, want)
+
+
+def test_wrapper_rejects_unsupported(state):
+    model = fx.build_model(opts=fx.SMALL_OPTS + ["model.post_processor.class_agnostic=True"])
+    with pytest.raises(NotImplementedError, match="class_agnostic"):
+        YolactExportWrapper(model)
+    model = fx.build_model(opts=fx.SMALL_OPTS + ["model.resize_mode=shortest_edge"])
+    with pytest.raises(NotImplementedError, match="squash"):
+        YolactExportWrapper(model)
+
+
+@pytest.mark.slow
+def test_onnx_runtime_same_detections(state, tmp_path):
+    import onnx
+
+    from yolact_d2.export.onnx import OnnxPredictor, export_onnx
+
+    model = fx.build_model()
+    model.load_state_dict(state)
+    exported = fx.build_model()
+    exported.load_state_dict(state)
+    fold_batch_norm(exported)
+    path = export_onnx(exported, str(tmp_path / "yolact.onnx"), sample_size=(120, 160), sample_batch=2)
+
+    proto = onnx.load(path, load_external_data=False)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"TopK", "Trilu", "Resize", "MatMul", "Sigmoid"} <= ops  # NMS and mask assembly in the graph
+
+    runner = OnnxPredictor(path)
+    # another size and batch than the export sample: dynamic batch / height / width
+    images = [fx.test_image(90, 200, seed=6), fx.test_image(90, 200, seed=7), fx.test_image(90, 200, seed=8)]
+    results = runner(images)
+    assert len(results) == 3
+    for got, image in zip(results, images):
+        assert_same(got, reference_instances(model, image))
+    single = runner(images[0])
+    assert torch.equal(single.pred_classes, results[0].pred_classes)
+    with pytest.raises(ValueError, match="one size"):
+        runner([images[0], fx.test_image(60, 80)])
+
+
+@pytest.mark.slow
+def test_export_tool_torchscript_verify(state, tmp_path):
+    weights = str(tmp_path / "w.pth")
+    torch.save({"model": state}, weights)
+    image_path = str(tmp_path / "img.png")
+    cv2.imwrite(image_path, fx.test_image(100, 140, seed=9))
+    out = str(tmp_path / "yolact.ts")
+    cmd = [sys.executable, os.path.join(fx.REPO, "tools", "export_model.py"), "--config", fx.R50_CONFIG,
+           "--weights", weights, "--output", out, "--format", "torchscript", "--sample-size", "120", "160",
+           "--verify", image_path, "--opts", *fx.SMALL_OPTS]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "verify: same detections" in proc.stdout
+    assert os.path.getsize(out) > 10_000_000  # the R50 weights are in the file
+
+    loaded = torch.jit.load(out)
+    image = fx.test_image(100, 140, seed=9)
+    batch = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        boxes, scores, classes, masks, counts = loaded(batch)
+    assert masks.shape[-2:] == (100, 140) and torch.equal(counts[0], counts[1])

@@ -1,0 +1,121 @@
+"""ONNX export of a whole YOLACT (resize, network, Fast NMS, mask assembly) and an onnxruntime runner.
+
+    from yolact_d2.export.onnx import export_onnx, OnnxPredictor
+    export_onnx(predictor.model, "yolact.onnx")                 # opset 18, dynamic batch/height/width
+    instances = OnnxPredictor("yolact.onnx")(cv2.imread("x.jpg"))
+
+Graph input "images": (B, 3, H, W) uint8 in the model's input_format (BGR for our configs); all
+images of one call share H, W. Outputs: see `YolactExportWrapper` (padded to max_detections,
+`num_detections` real rows per image). Uses torch's dynamo exporter (needs onnxscript); the custom
+Fast NMS / crop kernels are replaced by their pure-PyTorch paths while exporting
+(`torch.onnx.is_in_onnx_export()`; the wrapper calls those paths directly anyway).
+Opset 18 is the exporter's native opset; 17 is accepted but torch's down-conversion currently
+fails on this graph (Reduce* axes) and leaves it at 18.
+"""
+import logging
+import os
+from typing import List, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from detectron2.structures import Boxes, Instances
+
+from yolact_d2.export.wrapper import OUTPUT_NAMES, YolactExportWrapper
+
+__all__ = ["export_onnx", "OnnxPredictor", "outputs_to_instances"]
+
+logger = logging.getLogger(__name__)
+
+
+def _sample_images(batch: int, height: int, width: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=g)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str,
+    opset: int = 18,
+    sample_size: Tuple[int, int] = (480, 640),
+    sample_batch: int = 2,
+    dynamic_size: bool = True,
+) -> str:
+    """Export `model` (a Yolact in eval mode; fold its batch norms first for a leaner graph) to `path`.
+
+    The batch dimension is always dynamic; height and width too when `dynamic_size` (else the graph
+    only accepts `sample_size`). Returns `path`.
+    """
+    if opset < 17:
+        raise ValueError(f"export_onnx: opset must be >= 17, got {opset}.")
+    model = model.eval()
+    wrapper = YolactExportWrapper(model).eval()
+    sample = _sample_images(sample_batch, *sample_size).to(model.device)
+    dim = torch.export.Dim
+    shapes = {0: dim("batch", min=1, max=1024)}
+    if dynamic_size:
+        shapes.update({2: dim("height", min=32, max=8192), 3: dim("width", min=32, max=8192)})
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (sample,),
+            path,
+            input_names=["images"],
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes={"images": shapes},
+            external_data=False,
+        )
+    del program
+    import onnx
+
+    onnx.checker.check_model(path)
+    logger.info("exported %s (opset %d)", path, opset)
+    return path
+
+
+def outputs_to_instances(outputs: Sequence[np.ndarray], image_size: Tuple[int, int]) -> List[Instances]:
+    """The exported graph's outputs (numpy or tensors) -> one Instances per image (real rows only)."""
+    boxes, scores, classes, masks, counts = (torch.as_tensor(np.asarray(o)) for o in outputs)
+    result = []
+    for i in range(boxes.shape[0]):
+        n = int(counts[i])
+        inst = Instances(tuple(image_size))
+        inst.pred_boxes = Boxes(boxes[i, :n].float())
+        inst.scores = scores[i, :n].float()
+        inst.pred_classes = classes[i, :n].long()
+        inst.pred_masks = masks[i, :n].bool()
+        result.append(inst)
+    return result
+
+
+class OnnxPredictor:
+    """Runs an exported YOLACT with onnxruntime: BGR uint8 (H, W, 3) image or list of same-size
+    images -> Instances (or a list), like `yolact_d2.Predictor`."""
+
+    def __init__(self, path: str, providers: Sequence[str] = ("CPUExecutionProvider",), input_format: str = "BGR"):
+        import onnxruntime as ort
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"OnnxPredictor: '{path}' does not exist; make it with tools/export_model.py.")
+        self.session = ort.InferenceSession(path, providers=list(providers))
+        self.input_format = input_format
+
+    def __call__(self, images: Union[np.ndarray, Sequence[np.ndarray]]):
+        from yolact_d2.predictor import _check_image
+
+        single = isinstance(images, np.ndarray)
+        batch = [images] if single else list(images)
+        batch = [_check_image(img, None if single else i) for i, img in enumerate(batch)]
+        sizes = {img.shape[:2] for img in batch}
+        if len(sizes) != 1:
+            raise ValueError(f"OnnxPredictor: one call takes images of one size, got sizes {sorted(sizes)}.")
+        if self.input_format == "RGB":
+            batch = [img[:, :, ::-1] for img in batch]
+        array = np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2))  # (B, 3, H, W) uint8
+        outputs = self.session.run(list(OUTPUT_NAMES), {"images": array})
+        result = outputs_to_instances(outputs, batch[0].shape[:2])
+        return result[0] if single else result
