@@ -245,13 +245,28 @@ def test_key_layout_matches_official(tsv, depth, dcn, interval):
 
 
 def test_backbone_shapes_and_freeze():
-    m = build_deform_resnet(50, (0, 4, 6, 3), 1, norm="BN", freeze_at=2).eval()
+    m = build_deform_resnet(50, (0, 4, 6, 3), 1, norm="BN", freeze_at=3).eval()
     shapes = m.output_shape()
     assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
         "res3": (512, 8), "res4": (1024, 16), "res5": (2048, 32)}
     out = m(torch.randn(1, 3, 550, 550))
     assert [tuple(out[k].shape[-2:]) for k in ("res3", "res4", "res5")] == [(69, 69), (35, 35), (18, 18)]
+    # freeze_at=3: stem, res2, res3 frozen, deformable blocks included
     assert isinstance(m.res2[0].conv1.norm, FrozenBatchNorm2d)
-    assert not isinstance(m.res3[0].conv2.norm, FrozenBatchNorm2d)
-    assert all(not p.requires_grad for p in m.res2.parameters())
-    assert m.res3[0].conv2.conv_offset_mask.weight.requires_grad
+    assert isinstance(m.res3[0].conv2.norm, FrozenBatchNorm2d)
+    assert not isinstance(m.res4[0].conv2.norm, FrozenBatchNorm2d)
+    assert all(not p.requires_grad for p in m.res3.parameters())
+    assert not m.res3[0].conv2.conv_offset_mask.weight.requires_grad
+    assert m.res4[0].conv2.conv_offset_mask.weight.requires_grad
+
+
+def test_small_variant_and_bad_arguments():
+    m = build_deform_resnet(50, num_blocks_per_stage=(1, 1, 2, 1))
+    assert [len(s) for s in (m.res2, m.res3, m.res4, m.res5)] == [1, 1, 2, 1]
+    assert isinstance(m.res4[1].conv2, ModulatedDeformConv2d) and not isinstance(m.res2[0].conv2, ModulatedDeformConv2d)
+    with pytest.raises(ValueError, match="depth must be one of"):
+        build_deform_resnet(34)
+    with pytest.raises(ValueError, match="one entry per stage"):
+        build_deform_resnet(50, (4, 6, 3))
+    with pytest.raises(ValueError, match="num_groups=1"):
+        DeformableBottleneckBlock(64, 256, bottleneck_channels=64, num_groups=32, deform=True)
