@@ -270,3 +270,22 @@ def test_small_variant_and_bad_arguments():
         build_deform_resnet(50, (4, 6, 3))
     with pytest.raises(ValueError, match="num_groups=1"):
         DeformableBottleneckBlock(64, 256, bottleneck_channels=64, num_groups=32, deform=True)
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_onnxruntime(tmp_path):
+    """torch's dynamo exporter maps torchvision's deform_conv2d to ONNX DeformConv (opset 19)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    m = ModulatedDeformConv2d(4, 5, 3, stride=2, padding=1).eval()
+    with torch.no_grad():
+        m.conv_offset_mask.weight.normal_(0, 0.5)
+        m.conv_offset_mask.bias.normal_(0, 4)  # offsets of several pixels, some outside the image
+    x = torch.randn(1, 4, 16, 16)
+    path = str(tmp_path / "dcn.onnx")
+    torch.onnx.export(m, (x,), path, dynamo=True)
+    sess = ort.InferenceSession(path)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), m(x), rtol=1e-4, atol=1e-5)
