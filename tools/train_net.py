@@ -151,6 +151,8 @@ def do_eval_only(cfg):
 
 def main(args):
     cfg = load_config(args.config_file, args.opts)
+    if cfg.train.get("num_threads"):
+        torch.set_num_threads(int(cfg.train.num_threads))
     default_setup(cfg, args)
     if args.eval_only:
         return do_eval_only(cfg)

@@ -13,4 +13,7 @@ train = dict(
     device="cuda",
     seed=0,  # seeds the data stream (order and augmentation) and all RNGs
     sync_bn=False,  # BatchNorm2d -> SyncBatchNorm (CUDA) / NaiveSyncBatchNorm (CPU)
+    # torch intra-op threads per process (None: torch's default). On a small shared CPU one thread
+    # is often faster: OpenMP threads spin-wait when other processes hold the cores.
+    num_threads=None,
 )

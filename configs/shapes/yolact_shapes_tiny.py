@@ -5,6 +5,8 @@
 Loading this config generates (idempotently) 16 train / 4 val images under
 $DETECTRON2_DATASETS/shapes_tiny and registers them as shapes_tiny_train / shapes_tiny_val.
 """
+import os
+
 from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
@@ -18,8 +20,6 @@ from yolact_d2.engine.schedule import yolact_lr_multiplier
 from .small_yolact import NUM_CLASSES, model
 from ..common.optim import SGD as optimizer
 from ..common.train import train
-
-import os
 
 ROOT = os.path.join(os.path.dirname(shapes_default_root()), "shapes_tiny")
 prepare_shapes(ROOT, prefix="shapes_tiny", num_train=16, num_val=4, image_size=64, seed=0, max_objects=3)
@@ -69,6 +69,7 @@ lr_multiplier = L(yolact_lr_multiplier)(
 )
 train.max_iter = 20
 train.device = "cpu"
+train.num_threads = 1
 train.output_dir = "./output/yolact_shapes_tiny"
 train.checkpointer = dict(period=10, max_to_keep=3)
 train.eval_period = 0
