@@ -23,7 +23,8 @@ import json
 import urllib.request
 
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
-VERSION = "0.6+nocsrc"
+# Bump the local build number whenever the fixes change: set-up then rebuilds the wheel.
+VERSION = "0.6+nocsrc.2"
 # Upstream v0.6 setup.py's install_requires (black only matters for LazyConfig.save).
 REQUIRES = [
     "Pillow>=7.1",
@@ -118,20 +119,30 @@ def sha256(path):
 
 # (file, pattern, replacement, expected minimum count): each fix fails loudly if the sdist changed.
 NUMPY_ALIAS = re.compile(r"\bnp\.(int|float|bool|object|str)\b(?![\w.])")
-PKG_RESOURCES_FIX = (
-    "detectron2/model_zoo/model_zoo.py",
-    [
-        ("import pkg_resources\n", "from importlib import resources as _resources\n"),
-        (
-            'pkg_resources.resource_filename(\n        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )',
-            'str(_resources.files("detectron2.model_zoo").joinpath("configs", config_path))',
-        ),
-    ],
-)
+# (file, [(old text, new text), ...]): exact-text fixes; the build stops if a text is missing.
+FILE_FIXES = [
+    # setuptools >= 81 has no pkg_resources.
+    (
+        "detectron2/model_zoo/model_zoo.py",
+        [
+            ("import pkg_resources\n", "from importlib import resources as _resources\n"),
+            (
+                'pkg_resources.resource_filename(\n        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )',
+                'str(_resources.files("detectron2.model_zoo").joinpath("configs", config_path))',
+            ),
+        ],
+    ),
+    # Python >= 3.11: random.sample() no longer accepts a set (MapDataset's fallback when a
+    # mapper returns None raised TypeError).
+    (
+        "detectron2/data/common.py",
+        [("self._rng.sample(self._fallback_candidates, k=1)", "self._rng.sample(sorted(self._fallback_candidates), k=1)")],
+    ),
+]
 
 
 def patch_tree(pkg_dir):
-    """Fix v0.6 for Pillow >= 10, numpy 2 and setuptools >= 81 (no pkg_resources)."""
+    """Fix v0.6 for Pillow >= 10, numpy 2, setuptools >= 81 (no pkg_resources) and Python 3.11."""
     changed = {}
     for root, _, files in os.walk(pkg_dir):
         for name in files:
@@ -146,17 +157,17 @@ def patch_tree(pkg_dir):
                 changed[os.path.relpath(path, os.path.dirname(pkg_dir))] = True
                 with open(path, "w", encoding="utf-8") as f:
                     f.write(new)
-    rel, replacements = PKG_RESOURCES_FIX
-    path = os.path.join(os.path.dirname(pkg_dir), rel)
-    with open(path, encoding="utf-8") as f:
-        src = f.read()
-    for old, new in replacements:
-        if old not in src:
-            sys.exit(f"build_detectron2_wheel: expected text not found in {rel}: {old[:60]!r}")
-        src = src.replace(old, new)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(src)
-    changed[rel] = True
+    for rel, replacements in FILE_FIXES:
+        path = os.path.join(os.path.dirname(pkg_dir), rel)
+        with open(path, encoding="utf-8") as f:
+            src = f.read()
+        for old, new in replacements:
+            if old not in src:
+                sys.exit(f"build_detectron2_wheel: expected text not found in {rel}: {old[:60]!r}")
+            src = src.replace(old, new)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(src)
+        changed[rel] = True
     return sorted(changed)
 
 
@@ -182,7 +193,7 @@ def main():
             f.write(STUB_C)
         with open(os.path.join(build, "setup.py"), "w") as f:
             f.write(SETUP_PY.format(version=VERSION, requires=REQUIRES))
-        print(f"patched {len(changed)} files for Pillow>=10 / numpy 2 / no pkg_resources")
+        print(f"patched {len(changed)} files for Pillow>=10 / numpy 2 / no pkg_resources / Python 3.11")
         subprocess.check_call(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out_dir, build]
         )

@@ -39,9 +39,23 @@ EXT_HASH=$(file_hash setup.py yolact_d2/layers/csrc/*)
 
 step "virtual environment ($VENV)" "[ -x '$PY' ]" "python3 -m venv '$VENV' && pip_q --upgrade pip"
 step "torch + torchvision ($TORCH_SPEC)" "has_modules torch torchvision" "pip_q $TORCH_SPEC"
-# An installed detectron2 (e.g. upstream main built from source) is kept and used.
-step "detectron2 (python-only v0.6 wheel from pb1-detectron2)" "has_modules detectron2" \
-  "'$PY' scripts/build_detectron2_wheel.py '$SDIST' '$WHEELS' && pip_q '$WHEELS'/detectron2-0.6+nocsrc-py3-none-any.whl"
+# An installed detectron2 (e.g. upstream main built from source) is kept and used; one of our
+# wheels from an older build number is rebuilt.
+D2_VERSION=$(sed -n 's/^VERSION = "\(.*\)"$/\1/p' scripts/build_detectron2_wheel.py)
+d2_ok() {
+  "$PY" - "$D2_VERSION" <<'PYEOF'
+import importlib.metadata as md, importlib.util as u, sys
+if not u.find_spec("detectron2"):
+    sys.exit(1)
+try:
+    v = md.version("detectron2")
+except md.PackageNotFoundError:  # a source checkout on sys.path: keep it
+    sys.exit(0)
+sys.exit(0 if "+nocsrc" not in v or v == sys.argv[1] else 1)
+PYEOF
+}
+step "detectron2 (python-only v0.6 wheel from pb1-detectron2)" "d2_ok" \
+  "'$PY' scripts/build_detectron2_wheel.py '$SDIST' '$WHEELS' && pip_q --force-reinstall --no-deps '$WHEELS'/detectron2-$D2_VERSION-py3-none-any.whl && pip_q '$WHEELS'/detectron2-$D2_VERSION-py3-none-any.whl"
 step "dependencies (requirements.txt)" "grep -qx '$REQ_HASH' '$VENV/.yolact_d2_requirements'" \
   "pip_q -r requirements.txt && echo '$REQ_HASH' > '$VENV/.yolact_d2_requirements'"
 # The extension compiles CUDA kernels whenever nvcc is present (no GPU needed to build).
