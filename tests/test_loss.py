@@ -273,3 +273,25 @@ def test_bad_class_count_and_class_ids_raise():
     target["instances"].gt_classes = torch.tensor([0, 5])
     with pytest.raises(ValueError, match=r"gt_classes must lie in \[0, 2\)"):
         YolactLoss(num_classes=2)(preds, priors, [target])
+
+
+def test_masks_of_a_smaller_padded_image_are_padded_and_larger_ones_rejected():
+    # An image padded in the batch (shortest-edge mode): its masks cover only the top-left part.
+    preds, priors, target, _ = _mask_case()
+    inst = target["instances"]
+    small = Instances((6, 8))
+    small.gt_boxes, small.gt_classes = inst.gt_boxes, inst.gt_classes
+    small.gt_masks = BitMasks(inst.gt_masks.tensor[:, :6, :])  # rows 6-7 are batch padding
+    out = YolactLoss(num_classes=2)(preds, priors, [{**target, "instances": small}])
+    # Oracle: the full-size masks with the padding rows zeroed.
+    zeroed = inst.gt_masks.tensor.clone()
+    zeroed[:, 6:, :] = False
+    inst.gt_masks = BitMasks(zeroed)
+    ref = YolactLoss(num_classes=2)(preds, priors, [target])
+    for k in ref:
+        assert out[k].item() == pytest.approx(ref[k].item(), rel=1e-6), k
+    big = Instances((10, 8))
+    big.gt_boxes, big.gt_classes = inst.gt_boxes, inst.gt_classes
+    big.gt_masks = BitMasks(torch.zeros(2, 10, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"gt_masks have size \(10, 8\) but the network input is \(8, 8\)"):
+        YolactLoss(num_classes=2)(preds, priors, [{**target, "instances": big}])

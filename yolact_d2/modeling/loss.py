@@ -112,12 +112,16 @@ def _gt_bitmasks(instances, image_size) -> torch.Tensor:
         masks = masks.tensor
     if not isinstance(masks, torch.Tensor):
         raise TypeError(f"gt_masks must be BitMasks, PolygonMasks or a tensor, got {type(masks).__name__}")
-    if masks.shape[-2:] != (height, width):
+    mask_h, mask_w = masks.shape[-2:]
+    if mask_h > height or mask_w > width:
         raise ValueError(
-            f"gt_masks have size {tuple(masks.shape[-2:])} but the network input is {(height, width)}: "
+            f"gt_masks have size {(mask_h, mask_w)} but the network input is {(height, width)}: "
             "masks must be in input-image pixels (the mapper's augmented image)"
         )
-    return masks.to(dtype=torch.float32)
+    masks = masks.to(dtype=torch.float32)
+    if (mask_h, mask_w) != (height, width):  # batch padding (bottom / right) of a smaller image
+        masks = F.pad(masks, (0, width - mask_w, 0, height - mask_h))
+    return masks
 
 
 def _downsample_binary(masks: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
