@@ -9,6 +9,11 @@
 
 The config defines model, dataloader (train / test / evaluator), optimizer, lr_multiplier, train
 (configs/common/train.py). Overrides are `key=value`; an unknown key is an error naming close matches.
+
+Training data: of dataloader.train only `dataset`, `mapper`, `total_batch_size` and `num_workers` are
+used; they feed yolact_d2.engine.build_resumable_train_loader, whose stream of images (order and
+augmentation) is a pure function of (train.seed, position), so `--resume` after a kill continues with
+exactly the data an uninterrupted run would have seen, and N processes together see the 1-process batch.
 """
 import logging
 import os
