@@ -557,3 +557,16 @@ def test_cuda_mismatched_devices():
         fast_nms(torch.rand(5, 4).cuda(), torch.rand(3, 5))
     with pytest.raises(ValueError, match="same device"):
         crop_masks(torch.rand(2, 5, 5).cuda(), torch.rand(2, 4))
+
+
+def test_fast_nms_nan_scores_rank_first_in_every_path():
+    # not a supported input, but the rule is defined (as torch.sort): NaN ranks first, by index
+    g = torch.Generator().manual_seed(16)
+    boxes, scores = random_boxes(300, g), random_scores(3, 300, g)
+    scores[0, [5, 17, 250]] = float("nan")
+    scores[1, ::2] = float("nan")  # more NaNs than top_k
+    for agnostic in (False, True):
+        res = fast_nms(boxes, scores, 0.5, 100, 100, agnostic)
+        ref = fast_nms_pytorch(boxes, scores, 0.5, 100, 100, agnostic)
+        assert res[0].tolist() == ref[0].tolist() and res[1].tolist() == ref[1].tolist()
+        assert same(res[2], ref[2])

@@ -35,7 +35,7 @@ def make_detection_load(device, seed=0, num_objects=15, priors_per_object=60):
     sizes = 10 + torch.rand(NUM_PRIORS, 2, generator=g) * 200
     boxes = torch.cat([centers - sizes / 2, centers + sizes / 2], dim=1)
     logits = torch.randn(NUM_PRIORS, NUM_CLASSES + 1, generator=g)
-    logits[:, 0] += 4.5  # most priors are background
+    logits[:, 0] += 5.5  # most priors are background: about 1 in 5 passes conf 0.05
     # objects: clusters of priors with jittered copies of the object box, confident in its class
     obj_xy = torch.rand(num_objects, 2, generator=g) * 450
     obj_wh = 30 + torch.rand(num_objects, 2, generator=g) * 200
@@ -53,10 +53,14 @@ def make_detection_load(device, seed=0, num_objects=15, priors_per_object=60):
 
 
 def prefilter(boxes, conf):
-    """Official YOLACT: drop priors whose best class score is <= conf_thresh; scores (C, N)."""
-    cur_scores = conf[:, 1:].t()  # (C, P), a view as in the official detect()
-    keep = cur_scores.max(dim=0).values > CONF_THRESH
-    return boxes[keep], cur_scores[:, keep]
+    """Official YOLACT: drop priors whose best class score is <= conf_thresh; scores (C, N).
+
+    Same result as the official `cur_scores = conf.t()[1:]; cur_scores[:, keep]`, about 2x
+    faster on CPU (row gather of the contiguous (P, C+1) tensor); the (C, N) view is not
+    contiguous, as in the model.
+    """
+    keep = conf[:, 1:].max(dim=1).values > CONF_THRESH  # (P,)
+    return boxes[keep], conf[keep, 1:].t()
 
 
 def nms_ours(boxes, conf):

@@ -1,4 +1,4 @@
-// YOLACT Fast NMS, CPU kernel. Per class (in parallel over classes): heap top-k of the class'
+// YOLACT Fast NMS, CPU kernel. Per class (in parallel over classes): buffered top-k of the class'
 // scores, then each candidate j is kept iff no higher-ranked candidate i < j has IoU > threshold
 // (the upper-triangle column max of the official implementation, with an early exit), then a
 // partial sort of all kept (class, box) pairs. Results equal fast_nms_pytorch exactly.
@@ -21,8 +21,9 @@ struct Candidate {
   int64_t index;  // prior index into N
 };
 
-// The k best (score, index) of row[0..n) by ranks_before, best first. A size-k heap whose top is
-// the worst kept candidate: most priors are rejected with one comparison.
+// The k best (score, index) of row[0..n) by ranks_before, best first. Scores not below the k-th
+// best seen so far go to a buffer of 2k; a full buffer is cut back to its k best (nth_element),
+// which raises the bar. Most scores are rejected by a vectorised block test against the bar.
 template <typename scalar_t, typename S>
 void top_k_sorted(const scalar_t* row, int64_t n, int64_t k, std::vector<Candidate<S>>& out) {
   out.clear();
@@ -30,47 +31,80 @@ void top_k_sorted(const scalar_t* row, int64_t n, int64_t k, std::vector<Candida
   auto before = [](const Candidate<S>& a, const Candidate<S>& b) {
     return ranks_before(a.score, a.index, b.score, b.index);
   };
-  out.reserve(k);
-  for (int64_t i = 0; i < k; ++i) out.push_back({static_cast<S>(row[i]), i});
-  std::make_heap(out.begin(), out.end(), before);  // front() = worst of the k
-  for (int64_t i = k; i < n; ++i) {
-    const S s = static_cast<S>(row[i]);
-    // index i is larger than every kept index, so an equal score never displaces
-    if (ranks_before(s, i, out.front().score, out.front().index)) {
-      std::pop_heap(out.begin(), out.end(), before);
-      out.back() = {s, i};
-      std::push_heap(out.begin(), out.end(), before);
+  const size_t cap = static_cast<size_t>(2 * k);
+  out.reserve(cap);
+  bool have_bar = false;
+  S bar = S(0);  // the k-th best score so far: a later (higher-index) score below or equal loses
+  constexpr int64_t kBlock = 64;
+  for (int64_t i = 0; i < n;) {
+    const int64_t e = std::min(n, i + kBlock);
+    if (have_bar) {
+      int any = 0;  // NaN is never "below the bar", so it is always looked at
+      for (int64_t t = i; t < e; ++t) any |= static_cast<int>(!(static_cast<S>(row[t]) < bar));
+      if (!any) {
+        i = e;
+        continue;
+      }
     }
-  }
-  std::sort_heap(out.begin(), out.end(), before);  // best first
-}
-
-// keep[j] = no candidate i < j has IoU(i, j) > thr. cand_boxes: (k, 4) gathered in rank order.
-template <typename B>
-void suppress(const std::vector<B>& cand_boxes, const std::vector<B>& areas, int64_t k, B thr,
-              std::vector<char>& keep) {
-  keep.assign(k, 1);
-  for (int64_t j = 1; j < k; ++j) {
-    const B* bj = &cand_boxes[4 * j];
-    for (int64_t i = 0; i < j; ++i) {
-      if (box_iou(&cand_boxes[4 * i], areas[i], bj, areas[j]) > thr) {
-        keep[j] = 0;  // Fast NMS: suppressed by any higher-ranked box, kept or not
-        break;
+    for (; i < e; ++i) {
+      const S s = static_cast<S>(row[i]);
+      if (have_bar && s < bar) continue;
+      out.push_back({s, i});
+      if (out.size() == cap) {
+        std::nth_element(out.begin(), out.begin() + (k - 1), out.end(), before);
+        out.resize(k);
+        bar = out[k - 1].score;
+        have_bar = true;
       }
     }
   }
+  const size_t m = std::min(out.size(), static_cast<size_t>(k));
+  std::partial_sort(out.begin(), out.begin() + m, out.end(), before);
+  out.resize(m);
 }
 
-template <typename S, typename B>
-void gather_candidates(const B* boxes, const std::vector<Candidate<S>>& cand, std::vector<B>& cb,
-                       std::vector<B>& areas) {
-  const int64_t k = static_cast<int64_t>(cand.size());
-  cb.resize(4 * k);
-  areas.resize(k);
-  for (int64_t j = 0; j < k; ++j) {
-    const B* b = boxes + 4 * cand[j].index;
-    std::copy(b, b + 4, &cb[4 * j]);
-    areas[j] = box_area(b);
+// Candidate boxes of one class in rank order, one array per coordinate so the IoU loop vectorises.
+template <typename B>
+struct CandidateBoxes {
+  std::vector<B> x1, y1, x2, y2, area;
+
+  template <typename S>
+  void gather(const B* boxes, const std::vector<Candidate<S>>& cand) {
+    const size_t k = cand.size();
+    x1.resize(k), y1.resize(k), x2.resize(k), y2.resize(k), area.resize(k);
+    for (size_t j = 0; j < k; ++j) {
+      const B* b = boxes + 4 * cand[j].index;
+      x1[j] = b[0], y1[j] = b[1], x2[j] = b[2], y2[j] = b[3];
+      area[j] = box_area(b);
+    }
+  }
+};
+
+// keep[j] = no candidate i < j has IoU(i, j) > thr (the column max of the upper triangle), tested
+// a chunk of i at a time: the chunk's IoUs vectorise (same operations as box_iou, so the same
+// bits), and the scan stops at the first chunk with a suppressor.
+template <typename B>
+void suppress(const CandidateBoxes<B>& c, B thr, std::vector<char>& keep) {
+  constexpr int64_t kChunk = 16;
+  const int64_t k = static_cast<int64_t>(c.area.size());
+  keep.assign(k, 1);
+  const B *x1 = c.x1.data(), *y1 = c.y1.data(), *x2 = c.x2.data(), *y2 = c.y2.data(), *area = c.area.data();
+  for (int64_t j = 1; j < k; ++j) {
+    const B bx1 = x1[j], by1 = y1[j], bx2 = x2[j], by2 = y2[j], barea = area[j];
+    bool suppressed = false;
+    for (int64_t i0 = 0; i0 < j && !suppressed; i0 += kChunk) {
+      const int64_t i1 = std::min(j, i0 + kChunk);
+      int hit = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        const B w = max2(min2(x2[i], bx2) - max2(x1[i], bx1), B(0));
+        const B h = max2(min2(y2[i], by2) - max2(y1[i], by1), B(0));
+        const B inter = w * h;
+        const B iou = inter / ((area[i] + barea) - inter);  // used only where inter > 0
+        hit |= static_cast<int>(inter > B(0)) & static_cast<int>(iou > thr);
+      }
+      suppressed = hit != 0;
+    }
+    keep[j] = !suppressed;  // Fast NMS: suppressed by any higher-ranked box, kept or not
   }
 }
 
@@ -91,12 +125,12 @@ NmsResult fast_nms_per_class(const at::Tensor& boxes, const at::Tensor& scores, 
   std::vector<std::vector<Kept>> kept(C);
   at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
     std::vector<Candidate<S>> cand;
-    std::vector<B> cb, areas;
+    CandidateBoxes<B> cb;
     std::vector<char> keep;
     for (int64_t c = begin; c < end; ++c) {
       top_k_sorted<scalar_t, S>(sp + c * N, N, k, cand);
-      gather_candidates(bp, cand, cb, areas);
-      suppress(cb, areas, k, thr, keep);
+      cb.gather(bp, cand);
+      suppress(cb, thr, keep);
       auto& out = kept[c];
       for (int64_t j = 0; j < k; ++j)
         if (keep[j]) out.push_back({cand[j].score, c * k + j, cand[j].index});
@@ -149,11 +183,11 @@ NmsResult fast_nms_class_agnostic(const at::Tensor& boxes, const at::Tensor& sco
   });
   std::vector<Candidate<S>> cand;
   top_k_sorted<S, S>(best.data(), N, std::min(top_k, N), cand);
-  std::vector<B> cb, areas;
+  CandidateBoxes<B> cb;
   std::vector<char> keep;
-  gather_candidates(boxes.data_ptr<B>(), cand, cb, areas);
+  cb.gather(boxes.data_ptr<B>(), cand);
   const int64_t k = static_cast<int64_t>(cand.size());
-  suppress(cb, areas, k, thr, keep);
+  suppress(cb, thr, keep);
 
   std::vector<int64_t> order;
   for (int64_t j = 0; j < k && static_cast<int64_t>(order.size()) < max_detections; ++j)
