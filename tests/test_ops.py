@@ -159,7 +159,7 @@ def test_compiled_cuda_kernels_are_in_use():
 def test_fallback_warns_once_and_matches(monkeypatch):
     monkeypatch.setattr(ops, "_C", None)
     monkeypatch.setattr(ops, "_EXT_ERROR", ImportError("simulated: not built"))
-    monkeypatch.setattr(ops, "_warned_fallback", False)
+    monkeypatch.setattr(ops, "_warned_fallback", set())
     assert backend_info() == {
         "fast_nms": {"cpu": "pytorch", "cuda": "pytorch"},
         "crop_masks": {"cpu": "pytorch", "cuda": "pytorch"},
@@ -315,6 +315,7 @@ def test_fast_nms_bad_arguments():
         fast_nms(boxes, scores, max_detections=-5)
     with pytest.raises(TypeError, match="top_k must be an int"):
         fast_nms(boxes, scores, top_k=2.5)
+    assert_nms_equal(fast_nms(boxes, scores, top_k=np.int64(3)), fast_nms(boxes, scores, top_k=3))
     with pytest.raises(ValueError, match="iou_threshold must not be NaN"):
         fast_nms(boxes, scores, iou_threshold=float("nan"))
     with pytest.raises(ValueError, match="same device.*cpu.*meta"):

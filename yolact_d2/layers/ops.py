@@ -22,6 +22,7 @@ Numerical rules shared by every path (kernels and pure path give identical resul
 """
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import Dict, Tuple
 
@@ -46,7 +47,7 @@ except ImportError as e:  # not built (e.g. `pip install` without a compiler): p
     _C = None
     _EXT_ERROR = e
 
-_warned_fallback = False
+_warned_fallback = set()  # reasons already warned about ("not-built", "cuda")
 
 
 def _query_kernels() -> Dict[Tuple[str, str], bool]:
@@ -69,17 +70,24 @@ def _ext_has(op_name: str, device_type: str) -> bool:
     return _C is not None and _KERNELS.get((op_name, device_type), False)
 
 
-def _warn_fallback_once() -> None:
-    global _warned_fallback
-    if not _warned_fallback:
-        _warned_fallback = True
-        warnings.warn(
-            "yolact_d2._C (the compiled Fast NMS / crop kernels) is not available "
-            f"({_EXT_ERROR}); using the slower pure-PyTorch ops. Build it with "
-            "`pip install --no-build-isolation -e .` in the repository.",
-            RuntimeWarning,
-            stacklevel=4,  # the user code calling fast_nms / crop_masks
+def _warn_fallback_once(device_type: str) -> None:
+    """One warning per process (and per device type) that the pure-PyTorch ops are in use."""
+    if _C is None:
+        key, reason = "not-built", (
+            f"yolact_d2._C (the compiled Fast NMS / crop kernels) is not available ({_EXT_ERROR})"
         )
+    else:
+        key, reason = device_type, f"yolact_d2._C was built without {device_type} kernels"
+    if key in _warned_fallback:
+        return
+    _warned_fallback.add(key)
+    warnings.warn(
+        f"{reason}; using the slower pure-PyTorch ops. Build it with "
+        "`pip install --no-build-isolation -e .` in the repository (with nvcc and CUDA_HOME set for "
+        "CUDA kernels).",
+        RuntimeWarning,
+        stacklevel=4,  # the user code calling fast_nms / crop_masks
+    )
 
 
 def backend_info() -> Dict[str, Dict[str, str]]:
@@ -102,8 +110,8 @@ def _use_kernel(op_name: str, device: torch.device) -> bool:
         return False
     if _ext_has(op_name, device.type):
         return True
-    if _C is None:
-        _warn_fallback_once()
+    if _C is None or device.type == "cuda":
+        _warn_fallback_once(device.type)
     return False
 
 
@@ -121,11 +129,12 @@ def _check_float(name: str, t: torch.Tensor) -> None:
 
 
 def _check_int(name: str, value, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-            value = int(value)
-        else:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool ({value!r})")
+    try:
+        value = operator.index(value)  # int, numpy integers, 0-d integer tensors
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})") from None
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
