@@ -167,3 +167,17 @@ def _named_params():
     from detectron2.config import LazyConfig, instantiate
 
     return instantiate(LazyConfig.load(TINY).model).named_parameters()
+
+
+def test_visualize_predictions_writes_gt_and_prediction_panels(uninterrupted, tmp_path):
+    import cv2
+
+    out = str(tmp_path / "vis")
+    cmd = [sys.executable, os.path.join(REPO, "tools/visualize_predictions.py"), "--config-file", TINY,
+           f"train.output_dir={uninterrupted}", "--output", out, "--num-images", "2", "--scale", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(os.listdir(out))
+    assert len(files) == 2
+    image = cv2.imread(os.path.join(out, files[0]))
+    assert image.shape == (128, 2 * 128 + 8, 3)  # 64x64 val images drawn at scale 2, side by side

@@ -40,8 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--num-images", type=int, default=12)
     p.add_argument("--score-thresh", type=float, default=0.3)
     p.add_argument("--scale", type=float, default=3.0, help="drawing scale (the shapes images are small)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
-    return p.parse_args(argv)
+    p.add_argument("opts", nargs="*", help="key=value config overrides")
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv=None):

@@ -36,12 +36,14 @@ optimizer.lr = 8e-3
 lr_multiplier = L(yolact_lr_multiplier)(
     base_lr=None,  # = optimizer.lr
     max_iter=None,  # = train.max_iter
-    steps=(1200, 1400),
+    steps=(900, 1100),
     gamma=0.1,
     warmup_init=1e-4,
     warmup_until=100,
 )
-train.max_iter = 1500
+# Measured segm AP on shapes_val: 48.4 with 1000 iterations (steps 700/900), 61.8 with 1500
+# (steps 1200/1400); ~0.17 CPU-s an iteration on one core (+ one data worker).
+train.max_iter = 1200
 train.device = "cpu"
 train.num_threads = 1  # + 1 data-loading worker: the two cores of a small CPU machine
 train.output_dir = "./output/yolact_shapes"
