@@ -73,7 +73,7 @@ class YolactFPN(Backbone):
             top = F.interpolate(top, size=feats[i].shape[-2:], mode="bilinear", align_corners=False)
             top = top + self.lateral_convs[i](feats[i])
             merged[i] = top
-        outs = [F.relu(conv(m)) for conv, m in zip(self.output_convs, merged)]
+        outs = [F.relu(conv(m), inplace=True) for conv, m in zip(self.output_convs, merged)]
         for conv in self.downsample_convs:
             outs.append(conv(outs[-1]))  # no ReLU on P6/P7 (official relu_downsample_layers=False)
         return dict(zip(self._out_features, outs))

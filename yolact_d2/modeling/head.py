@@ -47,7 +47,7 @@ class YolactHead(nn.Module):
         locs, confs, coefs = [], [], []
         for x in features:
             for conv in self.upfeature:
-                x = F.relu(conv(x))
+                x = F.relu(conv(x), inplace=True)
             locs.append(self._flatten(self.bbox_pred(x), 4))
             confs.append(self._flatten(self.cls_score(x), self.num_classes + 1))
             coefs.append(self._flatten(self.coef_pred(x), self.num_prototypes))

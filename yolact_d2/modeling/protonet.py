@@ -43,9 +43,9 @@ class ProtoNet(nn.Module):
     def forward(self, p3: torch.Tensor) -> torch.Tensor:
         x = p3
         for conv in self.convs_before_upsample:
-            x = F.relu(conv(x))
+            x = F.relu(conv(x), inplace=True)
         # Official InterpolateModule(scale_factor=2) followed by a (no-op after ReLU'd input) ReLU.
-        x = F.relu(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        x = F.relu(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False), inplace=True)
         for conv in self.convs_after_upsample:
-            x = F.relu(conv(x))
-        return F.relu(self.proto_pred(x))  # proto: (B, K, 2H, 2W)
+            x = F.relu(conv(x), inplace=True)
+        return F.relu(self.proto_pred(x), inplace=True)  # proto: (B, K, 2H, 2W)
