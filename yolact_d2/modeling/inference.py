@@ -179,8 +179,10 @@ class YolactPostProcessor:
     def _paste_masks(self, masks, valid_size, input_size, output_size) -> torch.Tensor:
         """(D, Hp, Wp) probabilities -> (D, height, width) bool, bilinear, align_corners=False."""
         height, width = output_size
-        out = torch.zeros((masks.shape[0], height, width), dtype=torch.bool, device=masks.device)
         squashed = tuple(valid_size) == tuple(input_size)
+        if squashed and masks.device.type == "cpu" and masks.shape[0] > 0:
+            return _paste_in_windows(masks, (height, width), self.mask_threshold)
+        out = torch.zeros((masks.shape[0], height, width), dtype=torch.bool, device=masks.device)
         for start in range(0, masks.shape[0], self.mask_chunk):
             m = masks[start : start + self.mask_chunk].unsqueeze(0)  # (1, d, Hp, Wp)
             if not squashed:
@@ -190,3 +192,53 @@ class YolactPostProcessor:
             m = F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
             out[start : start + self.mask_chunk] = m[0] > self.mask_threshold
         return out
+
+
+def _bilinear_taps(in_size: int, out_size: int, device) -> Tuple[torch.Tensor, ...]:
+    """Source indices i0, i1 and weights w0, w1 of each output index, bit-identical to PyTorch's CPU
+    bilinear kernel (align_corners=False): src = max(fma(in / out, dst + 0.5, -0.5), 0) in float32."""
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    # float64 product of float32 values is exact, so one rounding to float32 emulates the fma.
+    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5).double() * scale.double() - 0.5).float().clamp(min=0)
+    i0 = src.long().clamp(max=in_size - 1)
+    w1 = (src - i0).clamp(0, 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    return i0.to(device), i1.to(device), (1 - w1).to(device), w1.to(device)
+
+
+def _lerp(a: torch.Tensor, wa: torch.Tensor, b: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """a * wa + b * wb rounded like PyTorch's kernel, fma(a, wa, b * wb) (float64 emulation)."""
+    return (a.double() * wa.double() + (b * wb).double()).float()
+
+
+def _paste_in_windows(masks: torch.Tensor, output_size: Tuple[int, int], threshold: float) -> torch.Tensor:
+    """Same result as upsampling every (cropped) mask to the full image with F.interpolate (bit for
+    bit on this CPU build, which fuses multiply-adds), but each mask is only interpolated over the
+    output window its non-zero prototype pixels reach; outside it the upsampled value is exactly 0
+    (not > threshold). CPU speed-up: cropped masks only cover their box.
+
+    masks: (D, Hp, Wp) probabilities (zero outside the crop) -> (D, height, width) bool.
+    """
+    height, width = output_size
+    d, hp, wp = masks.shape
+    masks = masks.float()
+    out = torch.zeros((d, height, width), dtype=torch.bool, device=masks.device)
+    y0, y1, hy0, hy1 = _bilinear_taps(hp, height, masks.device)
+    x0, x1, wx0, wx1 = _bilinear_taps(wp, width, masks.device)
+    nonzero = masks != 0
+    rows, cols = nonzero.any(dim=2), nonzero.any(dim=1)  # (D, Hp), (D, Wp)
+    r_lo, r_hi = rows.int().argmax(dim=1), hp - 1 - rows.flip(1).int().argmax(dim=1)
+    c_lo, c_hi = cols.int().argmax(dim=1), wp - 1 - cols.flip(1).int().argmax(dim=1)
+    # Output pixels whose taps touch [lo, hi]: from the first with i1 >= lo to the last with i0 <= hi.
+    ys, ye = torch.searchsorted(y1, r_lo), torch.searchsorted(y0, r_hi, right=True)
+    xs, xe = torch.searchsorted(x1, c_lo), torch.searchsorted(x0, c_hi, right=True)
+    windows = torch.stack([ys, ye, xs, xe], dim=1).tolist()
+    for i, (has, (a, b, c, e)) in enumerate(zip(rows.any(dim=1).tolist(), windows)):
+        if not has or a >= b or c >= e:
+            continue
+        m = masks[i]
+        # Width first, then height: the order and rounding of PyTorch's bilinear kernel.
+        tmp = _lerp(m[:, x0[c:e]], wx0[c:e], m[:, x1[c:e]], wx1[c:e])  # (Hp, nx)
+        val = _lerp(tmp[y0[a:b]], hy0[a:b, None], tmp[y1[a:b]], hy1[a:b, None])  # (ny, nx)
+        torch.gt(val, threshold, out=out[i, a:b, c:e])
+    return out
