@@ -146,3 +146,19 @@ def test_standard_nms_uses_the_official_plus_one_pixel_iou():
     # class 0: A (0.9) suppresses B (0.8); class 1: B (0.2) suppresses A (0.1)
     assert keep.tolist() == [0, 1] and classes.tolist() == [0, 1]
     assert scores.tolist() == pytest.approx([0.9, 0.2])
+
+
+def test_windowed_mask_paste_equals_full_upsampling():
+    """The CPU fast path (upsample each cropped mask only where it can be non-zero) gives exactly
+    the official full-image bilinear upsampling + threshold, also when shrinking."""
+    import torch.nn.functional as F
+
+    from yolact_d2.layers import crop_masks
+    from yolact_d2.modeling.inference import _paste_in_windows
+
+    g = torch.Generator().manual_seed(0)
+    for hp, wp, h, w in [(138, 138, 480, 640), (50, 37, 101, 333), (64, 64, 40, 30), (9, 7, 9, 7)]:
+        masks = crop_masks(torch.sigmoid(3 * torch.randn(6, hp, wp, generator=g)), torch.rand(6, 4, generator=g))
+        masks[0] = 0  # an empty mask
+        want = F.interpolate(masks[None], (h, w), mode="bilinear", align_corners=False)[0] > 0.5
+        assert torch.equal(_paste_in_windows(masks, (h, w), 0.5), want), (hp, wp, h, w)
