@@ -215,3 +215,28 @@ def test_fold_skips_training_batch_norm():
     assert fold_batch_norm(conv) == 0 and conv.norm is not None
     conv.eval()
     assert fold_batch_norm(conv) == 1 and conv.norm is None
+
+
+def test_onednn_conv_relu_rewrite_is_exact():
+    import copy
+
+    from yolact_d2.export.optimize import MkldnnConv2d, fuse_conv_relu, fuse_head_predictors
+
+    model = fx.build_model()
+    model.load_state_dict(fx.seeded_state_dict(seed=0))
+    fold_batch_norm(model)
+    fuse_head_predictors(model)
+    model.to(memory_format=torch.channels_last)
+    rewritten = copy.deepcopy(model)
+    n = fuse_conv_relu(rewritten)
+    if n == 0:
+        pytest.skip("this torch build has no oneDNN fused convolution op")
+    assert n == sum(isinstance(m, MkldnnConv2d) for m in rewritten.modules()) and n >= 60
+    x = torch.randn(2, 3, 160, 160).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want, got = model.backbone(x), rewritten.backbone(x)
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+        levels = [want[f] for f in model.head_features]
+        for k, v in model.head(levels).items():
+            assert torch.equal(rewritten.head(levels)[k], v), k
