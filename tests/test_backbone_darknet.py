@@ -158,3 +158,15 @@ def test_d53_config_converts_synthetic_official_checkpoint_and_preprocesses_like
     x = model.preprocess_image([{"image": img}]).tensor[0]
     want = F.interpolate(img.float()[None], size=(550, 550), mode="bilinear", align_corners=False)[0]
     torch.testing.assert_close(x, want[[2, 1, 0]] / 255.0)
+
+
+def test_registered_yacs_builder():
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_backbone
+
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_yolact_darknet_backbone"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 1
+    m = build_backbone(cfg)
+    assert isinstance(m, DarkNet) and list(m.output_shape()) == ["dark3", "dark4", "dark5"]
+    assert isinstance(m.stem.norm, FrozenBatchNorm2d) and not m.stem.weight.requires_grad

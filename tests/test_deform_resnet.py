@@ -289,3 +289,20 @@ def test_onnx_export_matches_onnxruntime(tmp_path):
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), m(x), rtol=1e-4, atol=1e-5)
+
+
+def test_registered_yacs_builder():
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_backbone
+
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_yolact_deform_resnet_backbone"
+    cfg.MODEL.RESNETS.DEPTH = 101
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    cfg.MODEL.RESNETS.DEFORM_NUM_LAST = (0, 4, 23, 3)
+    cfg.MODEL.RESNETS.DEFORM_INTERVAL = 3
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    m = build_backbone(cfg)
+    deform = [n for n, mod in m.named_modules() if isinstance(mod, ModulatedDeformConv2d)]
+    assert deform == ["res3.0.conv2", "res3.3.conv2"] + [f"res4.{i}.conv2" for i in range(0, 23, 3)] + ["res5.0.conv2"]
