@@ -76,6 +76,8 @@ setup(
     version="0.1.0",
     description="YOLACT and YOLACT++ real-time instance segmentation as a Detectron2 plugin",
     packages=find_packages(exclude=("tests", "tools", "configs", "datasets")),
+    # The official checkpoint key layouts the converter checks against.
+    package_data={"yolact_d2.checkpoint": ["official_layouts/*.tsv"]},
     python_requires=">=3.9",
     install_requires=["torch", "torchvision", "detectron2", "opencv-python-headless"],
     ext_modules=ext_modules,
