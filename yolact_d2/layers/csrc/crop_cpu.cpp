@@ -5,8 +5,15 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include "box_math.h"
 #include "ops.h"
@@ -29,6 +36,27 @@ std::vector<Band> crop_bands(const at::Tensor& boxes, int64_t H, int64_t W, int6
     crop_range<B>(bi[1], bi[3], H, padding, &bands[i].y_lo, &bands[i].y_hi);
   }
   return bands;
+}
+
+// A large output is fresh memory written once, so first-touch page faults (the kernel zeroing
+// 4 KiB pages) cost several times the copy itself. Ask Linux for transparent huge pages (a hint;
+// errors ignored). Only for >= 32 MiB: glibc serves those with their own mmap, so the advice
+// never touches memory shared with other allocations. YOLACT_D2_NO_HUGEPAGES=1 turns it off.
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool disabled = [] {
+    const char* env = std::getenv("YOLACT_D2_NO_HUGEPAGES");
+    return env != nullptr && env[0] == '1';
+  }();
+  if (disabled || bytes < (size_t{32} << 20)) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(page - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
 }
 
 template <typename scalar_t>
@@ -66,6 +94,7 @@ at::Tensor crop_masks_cpu(const at::Tensor& masks_in, const at::Tensor& boxes_in
   const at::Tensor boxes = (box_double ? boxes_in : boxes_in.to(at::kFloat)).contiguous();
   const std::vector<Band> bands =
       box_double ? crop_bands<double>(boxes, H, W, padding) : crop_bands<float>(boxes, H, W, padding);
+  advise_huge_pages(out.data_ptr(), out.nbytes());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, masks.scalar_type(), "crop_masks_cpu", [&] {
     crop_rows<scalar_t>(masks.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), bands, H, W);
   });
