@@ -7,7 +7,11 @@ class, 100 detections. Paths: our op (compiled kernel), the pure-PyTorch path, a
 torchvision.ops.batched_nms (standard per-class NMS on the same top-200-per-class candidates).
 Crop: 100 masks at 138x138 (prototype resolution) and at 550x550: our op vs the pure path.
 
-    python tools/benchmark_ops.py [--device cpu|cuda] [--iters 30] [--threads N] [--json out.json]
+    python tools/benchmark_ops.py [--device cpu|cuda] [--iters 30] [--threads 1,2] [--json out.json]
+
+"x ours" is each path's median divided by ours (> 1: ours is faster). On a busy machine, use
+--threads 1 as well: with more threads than free cores every parallel op waits for descheduled
+workers, which swamps millisecond-scale timings.
 """
 import argparse
 import json
@@ -105,13 +109,27 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--iters", type=int, default=30, help="timed runs per case (median reported)")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--threads", default=None,
+        help="torch.set_num_threads value(s), comma-separated for several tables, e.g. 1,2 (default: torch's)",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but torch.cuda.is_available() is False")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    thread_counts = [int(v) for v in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
+    runs = []
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        runs.append(run_benchmarks(args))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(runs if len(runs) > 1 else runs[0], f, indent=2)
+        print(f"wrote {args.json}")
+
+
+def run_benchmarks(args):
+    """One table at the current torch.get_num_threads(); returns {"env": ..., "results": [...]}."""
     device = args.device
     backends = backend_info()
     ours_backend = {op: backends[op][device] for op in ("fast_nms", "crop_masks")}
@@ -160,10 +178,8 @@ def main():
     print(f"{'case':<{width}}  {'path':<26} {'median ms':>10} {'x ours':>8}")
     for r in rows:
         print(f"{r['case']:<{width}}  {r['path']:<26} {r['median_ms']:>10.3f} {r['vs_ours']:>8.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"env": env, "results": rows}, f, indent=2)
-        print(f"wrote {args.json}")
+    print()
+    return {"env": env, "results": rows}
 
 
 if __name__ == "__main__":
