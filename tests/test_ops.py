@@ -386,6 +386,9 @@ def test_crop_edge_shapes_and_layouts():
     boxes = torch.rand(5, 4, generator=g)
     out = check_crop_all_paths(masks, boxes[:, [0, 1, 2, 3]].t().contiguous().t())
     assert out.is_contiguous()
+    # mixed dtypes: fp16 masks with fp32 boxes (coordinates in float32), fp32 masks with fp64 boxes
+    check_crop_all_paths(torch.randn(3, 9, 10, generator=g).half(), torch.rand(3, 4, generator=g))
+    check_crop_all_paths(torch.randn(3, 9, 10, generator=g), torch.rand(3, 4, generator=g).double())
     # NaN / inf pixels outside the box become exact zeros in every path
     m = torch.full((1, 4, 4), float("nan"))
     out = check_crop_all_paths(m, torch.tensor([[0.0, 0.0, 0.25, 0.25]]), padding=0)
