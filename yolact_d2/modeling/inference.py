@@ -233,12 +233,17 @@ def _paste_in_windows(masks: torch.Tensor, output_size: Tuple[int, int], thresho
     ys, ye = torch.searchsorted(y1, r_lo), torch.searchsorted(y0, r_hi, right=True)
     xs, xe = torch.searchsorted(x1, c_lo), torch.searchsorted(x0, c_hi, right=True)
     windows = torch.stack([ys, ye, xs, xe], dim=1).tolist()
+    y0_list, y1_list = y0.tolist(), y1.tolist()
+    hy0, hy1 = hy0[:, None], hy1[:, None]
     for i, (has, (a, b, c, e)) in enumerate(zip(rows.any(dim=1).tolist(), windows)):
         if not has or a >= b or c >= e:
             continue
-        m = masks[i]
+        top = y0_list[a]
+        m = masks[i, top : y1_list[b - 1] + 1]  # only the prototype rows the window reads
         # Width first, then height: the order and rounding of PyTorch's bilinear kernel.
-        tmp = _lerp(m[:, x0[c:e]], wx0[c:e], m[:, x1[c:e]], wx1[c:e])  # (Hp, nx)
-        val = _lerp(tmp[y0[a:b]], hy0[a:b, None], tmp[y1[a:b]], hy1[a:b, None])  # (ny, nx)
+        tmp = _lerp(m.index_select(1, x0[c:e]), wx0[c:e], m.index_select(1, x1[c:e]), wx1[c:e])  # (rows, nx)
+        val = _lerp(
+            tmp.index_select(0, y0[a:b] - top), hy0[a:b], tmp.index_select(0, y1[a:b] - top), hy1[a:b]
+        )  # (ny, nx)
         torch.gt(val, threshold, out=out[i, a:b, c:e])
     return out
