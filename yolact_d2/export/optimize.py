@@ -157,6 +157,7 @@ class MkldnnConv2d(nn.Module):
         self.groups = int(conv.groups)
         self.relu = relu
         self._op = _pointwise_op()
+        self._packed = None  # oneDNN-layout copy of the weight, made on the first CPU call
 
     @staticmethod
     def supports(conv: nn.Module) -> bool:
@@ -168,10 +169,24 @@ class MkldnnConv2d(nn.Module):
             and not isinstance(conv.padding, str)
         )
 
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight reordered once into oneDNN's blocked layout (chosen for the first input's
+        shape; other shapes still give the same results) instead of on every call."""
+        if self._packed is None:
+            try:
+                dense = self.weight.detach().contiguous().to_mkldnn()
+                self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    dense, self.padding, self.stride, self.dilation, self.groups, list(x.shape)
+                )
+            except (RuntimeError, AttributeError, NotImplementedError):
+                self._packed = self.weight  # reorder not available: oneDNN reorders per call
+        return self._packed
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._op is not None and x.device.type == "cpu" and x.dtype == torch.float32 and not _exporting():
             attr = "relu" if self.relu else "none"
-            return self._op(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups, attr, [], "")
+            weight = self._packed_weight(x)
+            return self._op(x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, attr, [], "")
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return F.relu_(y) if self.relu else y
 
