@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
+from checkpoint_helpers import load_and_report
 from detectron2.config import LazyConfig, instantiate
 
 from yolact_d2.checkpoint import (
@@ -139,10 +139,8 @@ def test_tool_end_to_end(tmp_path, r50_official, capsys):
     printed = capsys.readouterr().out
     assert "YOLACT resnet-50, 80 classes" in printed and "converted 301 tensors (31,218,063 values)" in printed
     model = instantiate(LazyConfig.load(os.path.join(REPO, "configs/yolact/yolact_R_50_FPN_550.py")).model)
-    checkpointer = DetectionCheckpointer(model)
-    incompatible = checkpointer._load_model(checkpointer._load_file(str(dst)))
+    incompatible = load_and_report(model, dst)  # DetectionCheckpointer(model).load, as users call it
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
-    DetectionCheckpointer(model).load(str(dst))  # the public path as users call it
     torch.testing.assert_close(model.head.cls_score.weight, r50_official["prediction_layers.0.conf_layer.weight"])
 
     # errors go to stderr with exit status 1, nothing written
@@ -172,8 +170,7 @@ def test_tool_imagenet_backbone(tmp_path, capsys):
     assert convert_yolact_weights.main([str(src), str(dst), "--config", cfg]) == 0
     assert "backbone only" in capsys.readouterr().out
     model = instantiate(LazyConfig.load(cfg).model)
-    checkpointer = DetectionCheckpointer(model)
-    incompatible = checkpointer._load_model(checkpointer._load_file(str(dst)))
+    incompatible = load_and_report(model, dst)
     assert not incompatible.unexpected_keys
     assert all(not k.startswith("backbone.bottom_up.") for k in incompatible.missing_keys)
     torch.testing.assert_close(model.backbone.bottom_up.res4[5].conv2.weight, tv["layer3.5.conv2.weight"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detectron2.checkpoint import DetectionCheckpointer
+from checkpoint_helpers import load_and_report
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import META_ARCH_REGISTRY
 
@@ -270,7 +270,7 @@ def test_checkpointer_loads_converted_file(tmp_path, r50):
     converted, _ = convert_official_state_dict(official, {k: v.shape for k, v in model.state_dict().items()})
     torch.save({"model": converted}, path)
     fresh = instantiate(LazyConfig.load("configs/yolact/yolact_R_50_FPN_550.py").model).eval()
-    incompatible = DetectionCheckpointer(fresh)._load_model(DetectionCheckpointer(fresh)._load_file(str(path)))
+    incompatible = load_and_report(fresh, path)
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
     for k, v in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
