@@ -1,13 +1,11 @@
-"""The one place that knows Detectron2 v0.6 vs main differences (detected by feature, not version).
-
-Other parts of yolact_d2 may append small functions here.
-"""
-import inspect
+"""The one place that knows Detectron2 v0.6 vs main differences (detected by feature, not version)."""
 from typing import List
 
 import torch
+import torch.distributed as dist
 
 from detectron2.structures import ImageList
+from detectron2.utils import comm
 
 
 def image_list_from_tensors(tensors: List[torch.Tensor], size_divisibility: int = 0, pad_value: float = 0.0) -> ImageList:
@@ -15,17 +13,14 @@ def image_list_from_tensors(tensors: List[torch.Tensor], size_divisibility: int 
     return ImageList.from_tensors(tensors, size_divisibility, pad_value)
 
 
-def has_padding_constraints() -> bool:
-    """Detectron2 main's Backbone has `padding_constraints`; v0.6 has only `size_divisibility`."""
-    from detectron2.modeling.backbone import Backbone
-
-    return hasattr(Backbone, "padding_constraints")
-
-
-def accepts_kwarg(fn, name: str) -> bool:
-    """Whether callable `fn` takes keyword `name` (v0.6 vs main signatures)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+def create_local_process_group(num_per_machine: int, machine_rank: int, world_size: int) -> None:
+    """Detectron2's per-machine process group, which `comm.get_local_rank` needs (main has a
+    helper for it; v0.6 sets it only inside its CUDA-only `launch`)."""
+    if hasattr(comm, "create_local_process_group"):  # Detectron2 main
+        comm.create_local_process_group(num_per_machine)
+        return
+    num_machines = world_size // num_per_machine
+    for i in range(num_machines):  # v0.6: every rank must create every group, in the same order
+        group = dist.new_group(list(range(i * num_per_machine, (i + 1) * num_per_machine)))
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group

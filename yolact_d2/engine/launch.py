@@ -13,6 +13,8 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
+from yolact_d2.compat import create_local_process_group
+
 __all__ = ["launch", "launch_cpu"]
 
 logger = logging.getLogger(__name__)
@@ -27,17 +29,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _set_local_process_group(num_per_machine: int, machine_rank: int, world_size: int) -> None:
-    if hasattr(comm, "create_local_process_group"):  # Detectron2 main
-        comm.create_local_process_group(num_per_machine)
-        return
-    num_machines = world_size // num_per_machine
-    for i in range(num_machines):  # v0.6: every rank must create every group, in the same order
-        group = dist.new_group(list(range(i * num_per_machine, (i + 1) * num_per_machine)))
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
-
-
 def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout):
     rank = machine_rank * num_per_machine + local_rank
     try:
@@ -45,7 +36,7 @@ def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank
     except Exception:
         logger.error(f"Could not join the process group at {dist_url} (rank {rank} of {world_size}).")
         raise
-    _set_local_process_group(num_per_machine, machine_rank, world_size)
+    create_local_process_group(num_per_machine, machine_rank, world_size)
     comm.synchronize()
     try:
         main_func(*args)
