@@ -13,7 +13,7 @@ import logging
 import math
 import os
 
-from .mapper import AnnotationError
+from .mapper import AnnotationError, check_polygons
 
 __all__ = ["check_coco_json", "load_coco_json_checked", "register_coco_dataset"]
 
@@ -55,15 +55,7 @@ def check_coco_json(json_file):
                                   "numbers.")
         segm = ann.get("segmentation")
         if isinstance(segm, list):
-            for k, poly in enumerate(segm):
-                if not isinstance(poly, list):
-                    raise AnnotationError(f"{where}: polygon {k} is not a flat list of coordinates.")
-                if len(poly) % 2 != 0:
-                    raise AnnotationError(f"{where}: polygon {k} has an odd number of coordinates "
-                                          f"({len(poly)}); expected x, y pairs.")
-                if len(poly) < 6:
-                    raise AnnotationError(f"{where}: polygon {k} has {len(poly) // 2} points; a "
-                                          "polygon needs at least 3.")
+            check_polygons(segm, where)
         elif isinstance(segm, dict):
             size = list(segm.get("size", []))
             if size != [img.get("height"), img.get("width")]:

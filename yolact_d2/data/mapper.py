@@ -25,6 +25,22 @@ class AnnotationError(ValueError):
     """An annotation that cannot be used; the message names the image file and annotation."""
 
 
+def check_polygons(polygons, where: str) -> None:
+    """Raise AnnotationError naming `where` unless every polygon is a flat, finite list of >= 3 x, y pairs."""
+    for k, poly in enumerate(polygons):
+        if not isinstance(poly, (list, tuple, np.ndarray)):
+            raise AnnotationError(f"{where}: polygon {k} is {type(poly).__name__}, "
+                                  "expected a flat list [x1, y1, x2, y2, ...].")
+        if len(poly) % 2 != 0:
+            raise AnnotationError(f"{where}: polygon {k} has an odd number of "
+                                  f"coordinates ({len(poly)}); expected x, y pairs.")
+        if len(poly) < 6:
+            raise AnnotationError(f"{where}: polygon {k} has {len(poly) // 2} points; a "
+                                  "polygon needs at least 3.")
+        if not np.isfinite(np.asarray(poly, dtype=np.float64)).all():
+            raise AnnotationError(f"{where}: polygon {k} has non-finite coordinates.")
+
+
 class ImageReadError(OSError):
     """An image file that is missing or cannot be decoded; the message names the file."""
 
@@ -147,18 +163,7 @@ class YolactDatasetMapper:
                     raise AnnotationError(f"{where}: has no 'segmentation'; instance segmentation "
                                           "needs a polygon or RLE mask for every non-crowd object.")
             elif isinstance(segm, list):
-                for k, poly in enumerate(segm):
-                    if not isinstance(poly, (list, tuple, np.ndarray)):
-                        raise AnnotationError(f"{where}: polygon {k} is {type(poly).__name__}, "
-                                              "expected a flat list [x1, y1, x2, y2, ...].")
-                    if len(poly) % 2 != 0:
-                        raise AnnotationError(f"{where}: polygon {k} has an odd number of "
-                                              f"coordinates ({len(poly)}); expected x, y pairs.")
-                    if len(poly) < 6:
-                        raise AnnotationError(f"{where}: polygon {k} has {len(poly) // 2} points; a "
-                                              "polygon needs at least 3.")
-                    if not np.isfinite(np.asarray(poly, dtype=np.float64)).all():
-                        raise AnnotationError(f"{where}: polygon {k} has non-finite coordinates.")
+                check_polygons(segm, where)
             elif isinstance(segm, dict):
                 size = list(segm.get("size", []))
                 if size != [h, w]:
