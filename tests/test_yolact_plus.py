@@ -18,7 +18,7 @@ from yolact_d2.checkpoint import (
     detect_variant,
     synthetic_official_state_dict,
 )
-from yolact_d2.modeling import set_num_classes
+from yolact_d2.modeling import set_head_width, set_num_classes
 from yolact_d2.modeling.backbone.deform_resnet import ModulatedDeformConv2d
 from yolact_d2.modeling.maskiou import FastMaskIoUNet
 
@@ -48,12 +48,7 @@ def _tiny_plus_cfg(num_classes=3, input_size=128, norm="BN"):
     cfg.backbone.bottom_up.num_blocks_per_stage = (1, 1, 1, 1)
     cfg.backbone.bottom_up.norm = norm
     width, protos = 64, 16
-    cfg.backbone.out_channels = width
-    cfg.protonet.in_channels = width
-    cfg.protonet.conv_dims = width
-    cfg.protonet.num_prototypes = protos
-    cfg.head.in_channels = width
-    cfg.head.num_prototypes = protos
+    set_head_width(cfg, width, protos)
     cfg.mask_rescoring.channels = (8, 16, 32)
     return cfg
 

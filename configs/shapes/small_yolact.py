@@ -8,6 +8,8 @@ from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock
 
+from yolact_d2.modeling import set_head_width, set_num_classes
+
 from ..common.models.yolact import model
 
 NUM_CLASSES = 4  # circle, rectangle, triangle, star (the generator's default kinds)
@@ -32,15 +34,8 @@ model.backbone.bottom_up = L(ResNet)(
     out_features=["res3", "res4", "res5"],
     freeze_at=0,
 )
-model.backbone.out_channels = FPN_CHANNELS
-model.protonet.in_channels = FPN_CHANNELS
-model.protonet.conv_dims = FPN_CHANNELS
-model.protonet.num_prototypes = NUM_PROTOTYPES
-model.head.in_channels = FPN_CHANNELS
-model.head.num_prototypes = NUM_PROTOTYPES
-model.head.num_classes = NUM_CLASSES
-model.num_classes = NUM_CLASSES
-model.criterion.num_classes = NUM_CLASSES
+set_head_width(model, FPN_CHANNELS, NUM_PROTOTYPES)
+set_num_classes(model, NUM_CLASSES)
 model.input_size = INPUT_SIZE
 # At 550 the official prior sizes (24..384 px) are ~3x each level's stride; at a 128 input the same
 # relative sizes would be smaller than the strides. Use 2x the stride (16..256 px), two sizes per

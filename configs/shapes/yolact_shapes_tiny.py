@@ -16,6 +16,7 @@ from yolact_d2.data import YolactDatasetMapper
 from yolact_d2.data.augmentations import YolactResize
 from yolact_d2.data.shapes import prepare_shapes, shapes_default_root
 from yolact_d2.engine.schedule import yolact_lr_multiplier
+from yolact_d2.modeling import set_head_width
 
 from .small_yolact import NUM_CLASSES, model
 from ..common.optim import SGD as optimizer
@@ -30,12 +31,7 @@ model.backbone.bottom_up.stem.out_channels = WIDTH
 for i, stage in enumerate(model.backbone.bottom_up.stages):
     stage.in_channels = WIDTH * (2 ** max(i - 1, 0))
     stage.out_channels = WIDTH * (2**i)
-model.backbone.out_channels = 16
-model.protonet.in_channels = 16
-model.protonet.conv_dims = 16
-model.protonet.num_prototypes = 8
-model.head.in_channels = 16
-model.head.num_prototypes = 8
+set_head_width(model, channels=16, num_prototypes=8)
 model.input_size = INPUT_SIZE
 model.prior_generator.scales = [[s, s * 2**0.5] for s in (8, 16, 32, 64, 128)]
 

@@ -3,7 +3,7 @@ from . import backbone  # noqa: F401  (registers backbones)
 from .fpn import YolactFPN
 from .head import YolactHead
 from .inference import YolactPostProcessor, decode_boxes
-from .meta_arch import Yolact, set_num_classes
+from .meta_arch import Yolact, set_head_width, set_num_classes
 from .priors import YolactPriorGenerator
 from .protonet import ProtoNet
 
@@ -15,5 +15,6 @@ __all__ = [
     "YolactPriorGenerator",
     "YolactPostProcessor",
     "decode_boxes",
+    "set_head_width",
     "set_num_classes",
 ]

@@ -260,3 +260,14 @@ def set_num_classes(model_cfg, num_classes: int) -> None:
         node = model_cfg.get(name) if hasattr(model_cfg, "get") else getattr(model_cfg, name, None)
         if node is not None and "num_classes" in node:
             node.num_classes = num_classes
+
+
+def set_head_width(model_cfg, channels: int, num_prototypes: int) -> None:
+    """Set the FPN / protonet / head width and the prototype count together in a Yolact LazyConfig
+    model node (small models for CPU training and tests shrink them as one)."""
+    model_cfg.backbone.out_channels = channels
+    model_cfg.protonet.in_channels = channels
+    model_cfg.protonet.conv_dims = channels
+    model_cfg.protonet.num_prototypes = num_prototypes
+    model_cfg.head.in_channels = channels
+    model_cfg.head.num_prototypes = num_prototypes
