@@ -1,6 +1,5 @@
 """tools/benchmark.py: the stage-by-stage runner reproduces the model's inference, and a --quick
 run produces consistent numbers (positive medians, ratios = time quotients, pinned threads)."""
-import importlib.util
 import json
 import os
 
@@ -11,10 +10,9 @@ import inference_fixtures as fx
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("yolact_benchmark", os.path.join(fx.REPO, "tools", "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from yolact_d2.tools import benchmark
+
+    return benchmark
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Official -> yolact_d2 weight conversion on synthetic official-layout state dicts."""
 import os
-import sys
 
 import pytest
 import torch
@@ -18,8 +17,7 @@ from yolact_d2.checkpoint import (
 from yolact_d2.checkpoint import convert as convert_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import convert_yolact_weights  # noqa: E402
+from yolact_d2.tools import convert_yolact_weights  # noqa: E402
 
 
 @pytest.fixture(scope="module")

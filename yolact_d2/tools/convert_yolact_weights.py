@@ -1,0 +1,96 @@
+"""Convert an official YOLACT checkpoint (github dbolya/yolact) into a yolact_d2 checkpoint.
+
+    python tools/convert_yolact_weights.py yolact_base_54_800000.pth yolact_R_101_FPN_550.pth
+    python tools/convert_yolact_weights.py in.pth out.pth --config configs/yolact/yolact_R_101_FPN_400.py
+
+An ImageNet ResNet in torchvision's layout (official YOLACT's backbone initialisation, e.g.
+resnet50-19c8e357.pth / resnet101_reducedfc.pth) converts to a backbone-only checkpoint for
+`train.init_checkpoint` (pass --config of the matching depth):
+
+    python tools/convert_yolact_weights.py resnet101_reducedfc.pth r101_imagenet.pth \
+        --config configs/yolact/yolact_R_101_FPN_550.py
+
+The variant (ResNet-50/101, DarkNet-53, YOLACT++) and class count are read from the checkpoint;
+the matching config (or --config) builds the model whose keys and shapes the conversion must fill
+exactly. Any unmapped, missing or extra key or wrong shape stops with a message. The output loads
+with `DetectionCheckpointer(model).load(path)`.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="official YOLACT .pth (a plain state dict)")
+    parser.add_argument("output", help="where to write the yolact_d2 checkpoint")
+    parser.add_argument("--config", default=None, help="LazyConfig of the model (default: from the checkpoint)")
+    args = parser.parse_args(argv)
+
+    from detectron2.config import LazyConfig, instantiate
+
+    from yolact_d2.checkpoint import (
+        ConversionError,
+        is_torchvision_resnet,
+        torchvision_resnet_to_official,
+        convert_official_state_dict,
+        default_config_for,
+        detect_variant,
+        load_official_checkpoint,
+    )
+    from yolact_d2.modeling import set_num_classes
+
+    try:
+        start = time.perf_counter()
+        official = load_official_checkpoint(args.input)
+        backbone_only = is_torchvision_resnet(official)
+        if backbone_only:
+            if args.config is None:
+                raise ConversionError(
+                    "this is an ImageNet ResNet (torchvision layout): pass --config of the model it "
+                    "initialises (e.g. configs/yolact/yolact_R_101_FPN_550.py)."
+                )
+            official = torchvision_resnet_to_official(official)
+            info = {"plus": False, "backbone": "ImageNet resnet (backbone only)", "num_anchors": "-", "num_classes": "-"}
+        else:
+            info = detect_variant(official)
+        config = args.config or os.path.join(REPO, default_config_for(info))
+        if not os.path.exists(config):
+            raise ConversionError(f"config '{config}' does not exist; pass --config for this checkpoint.")
+        cfg = LazyConfig.load(config)
+        if not backbone_only and cfg.model.num_classes != info["num_classes"]:
+            print(f"note: checkpoint has {info['num_classes']} classes, config {cfg.model.num_classes}: using the checkpoint's")
+            set_num_classes(cfg.model, info["num_classes"])
+        model = instantiate(cfg.model)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if backbone_only:  # strict within the bottom-up network; the rest trains from scratch
+            expected = {k: v for k, v in expected.items() if k.startswith("backbone.bottom_up.")}
+        converted, summary = convert_official_state_dict(official, expected)
+        if not backbone_only:
+            model.load_state_dict(converted, strict=True)  # belt and braces: exactly our keys
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    torch.save({"model": converted, "yolact_d2_source": os.path.basename(args.input)}, args.output)
+    print(f"input:   {args.input} ({len(official)} keys)")
+    if backbone_only:
+        print("variant: ImageNet ResNet (torchvision layout) -> backbone only, for train.init_checkpoint")
+    else:
+        backbone = info["backbone"] + (f"-{info['depth']}" if "depth" in info else "")
+        print(f"variant: {'YOLACT++' if info['plus'] else 'YOLACT'} {backbone}, {info['num_classes']} classes, "
+              f"{info['num_anchors']} priors per location")
+    print(f"config:  {os.path.relpath(config, REPO) if config.startswith(REPO) else config}")
+    print(f"result:  {summary}")
+    print(f"output:  {args.output} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

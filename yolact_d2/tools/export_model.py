@@ -1,0 +1,105 @@
+"""Export a YOLACT model (resize + network + Fast NMS + mask assembly) for deployment.
+
+    python tools/export_model.py --config configs/yolact/yolact_R_50_FPN_550.py \\
+        --weights yolact_R_50_FPN_550.pth --output yolact_r50.onnx
+    python tools/export_model.py ... --format torchscript --output yolact_r50.ts
+    python tools/export_model.py ... --format torch_export --output yolact_r50.pt2
+    python tools/export_model.py ... --verify input.jpg     # compare with the PyTorch Predictor
+
+The exported graph takes "images" (B, 3, H, W) uint8 BGR (batch, height and width dynamic; one size
+per call) and returns boxes (B, D, 4) pixels, scores (B, D), classes (B, D) (-1 = padding),
+masks (B, D, H, W) bool and num_detections (B,), D = max_detections (100). ONNX: opset 18, run it
+with yolact_d2.export.onnx.OnnxPredictor or any onnxruntime session. Batch norms are folded into
+the convs before export.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+
+FORMATS = ("onnx", "torchscript", "torch_export")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="yolact_d2 LazyConfig file")
+    p.add_argument("--weights", default=None, help="checkpoint (yolact_d2 or official YOLACT); default: random init")
+    p.add_argument("--output", required=True, help="file to write (.onnx / .ts / .pt2)")
+    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    p.add_argument("--sample-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"),
+                   help="image size used to record the graph (any size works afterwards)")
+    p.add_argument("--static-size", action="store_true", help="ONNX: fix height/width to --sample-size")
+    p.add_argument("--verify", default=None, metavar="IMAGE",
+                   help="run the exported model and the PyTorch Predictor on this image and compare")
+    p.add_argument("--opts", nargs="*", default=[], help="LazyConfig overrides key=value")
+    return p.parse_args(argv)
+
+
+def compare(exported, reference) -> dict:
+    """Same detections? classes equal, max score difference, min mask IoU."""
+    n = min(len(exported), len(reference))
+    same_classes = len(exported) == len(reference) and torch.equal(exported.pred_classes, reference.pred_classes)
+    score_diff = float((exported.scores[:n] - reference.scores[:n]).abs().max()) if n else 0.0
+    inter = (exported.pred_masks[:n] & reference.pred_masks[:n]).flatten(1).sum(1).float()
+    union = (exported.pred_masks[:n] | reference.pred_masks[:n]).flatten(1).sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return {
+        "detections": [len(exported), len(reference)],
+        "classes_equal": bool(same_classes),
+        "max_score_diff": score_diff,
+        "min_mask_iou": float(iou.min()) if n else 1.0,
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import cv2
+
+    from yolact_d2 import Predictor
+    from yolact_d2.export.onnx import OnnxPredictor, export_onnx, outputs_to_instances
+    from yolact_d2.export.optimize import fold_batch_norm
+    from yolact_d2.export.torchscript import export_program, export_torchscript
+
+    predictor = Predictor(args.config, args.weights, device="cpu", opts=args.opts, optimize=False)
+    model = predictor.model
+    fold_batch_norm(model)  # leaner graph; same results up to float rounding
+    start = time.perf_counter()
+    if args.format == "onnx":
+        export_onnx(model, args.output, opset=args.opset, sample_size=tuple(args.sample_size),
+                    dynamic_size=not args.static_size)
+    elif args.format == "torchscript":
+        export_torchscript(model, args.output, sample_size=tuple(args.sample_size))
+    else:
+        export_program(model, args.output, sample_size=tuple(args.sample_size))
+    print(f"wrote {args.output} ({os.path.getsize(args.output) / 2**20:.1f} MiB, {args.format}) "
+          f"in {time.perf_counter() - start:.1f} s")
+
+    if args.verify:
+        image = cv2.imread(args.verify)
+        if image is None:
+            print(f"error: cannot read image '{args.verify}'", file=sys.stderr)
+            return 1
+        reference = predictor(image)
+        if args.format == "onnx":
+            exported = OnnxPredictor(args.output)(image)
+        else:
+            loaded = torch.jit.load(args.output) if args.format == "torchscript" else torch.export.load(args.output).module()
+            batch = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+            with torch.no_grad():
+                exported = outputs_to_instances(loaded(batch), image.shape[:2])[0]
+        report = compare(exported, reference)
+        print("verify:", report)
+        ok = report["classes_equal"] and report["max_score_diff"] <= 1e-4 and report["min_mask_iou"] >= 0.99
+        print("verify: " + ("same detections" if ok else "DIFFERENT detections"))
+        return 0 if ok else 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

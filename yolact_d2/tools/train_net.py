@@ -1,0 +1,193 @@
+"""Train and evaluate YOLACT with Detectron2's LazyConfig engine.
+
+    python tools/train_net.py --config-file configs/shapes/yolact_shapes.py train.device=cpu
+    python tools/train_net.py --config-file configs/yolact/yolact_R_50_FPN_550.py --num-gpus 8
+    python tools/train_net.py --config-file ... --resume                  # continue after a kill
+    python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=output/model_final.pth
+    python tools/train_net.py --config-file ... --num-gpus 2 train.device=cpu   # 2 CPU processes (gloo)
+
+The config defines model, dataloader (train / test / evaluator), optimizer, lr_multiplier, train
+(configs/common/train.py). Overrides are `key=value`; an unknown key is an error naming close matches.
+
+Training data: of dataloader.train only `dataset`, `mapper`, `total_batch_size` and `num_workers` are
+used; they feed yolact_d2.engine.build_resumable_train_loader, whose stream of images (order and
+augmentation) is a pure function of (train.seed, position), so `--resume` after a kill continues with
+exactly the data an uninterrupted run would have seen, and N processes together see the 1-process batch.
+"""
+import logging
+import os
+import sys
+
+
+import torch  # noqa: E402
+
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks  # noqa: E402
+from detectron2.engine.defaults import create_ddp_model  # noqa: E402
+from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+import yolact_d2  # noqa: E402,F401  (registers the meta-arch and backbones)
+from yolact_d2.engine import (  # noqa: E402
+    YolactCheckpointer,
+    YolactTrainer,
+    apply_overrides,
+    build_resumable_train_loader,
+    convert_sync_batchnorm,
+    launch,
+)
+
+logger = logging.getLogger("detectron2")
+
+
+def load_config(config_file, overrides):
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"Config file '{config_file}' does not exist.")
+    cfg = LazyConfig.load(config_file)
+    cfg = apply_overrides(cfg, list(overrides))
+    for key in ("model", "train"):
+        if key not in cfg:
+            raise KeyError(f"Config '{config_file}' defines no '{key}' (see configs/common/).")
+    lr = cfg.get("lr_multiplier")
+    if lr is not None:
+        # The schedule's base_lr / max_iter follow optimizer.lr / train.max_iter unless set explicitly.
+        if "base_lr" in lr and lr.base_lr is None:
+            lr.base_lr = cfg.optimizer.lr
+        if "max_iter" in lr and lr.max_iter is None:
+            lr.max_iter = cfg.train.max_iter
+    return cfg
+
+
+def build_model(cfg):
+    model = instantiate(cfg.model)
+    if cfg.train.get("sync_bn", False):
+        model = convert_sync_batchnorm(model, cfg.train.device)
+    model.to(cfg.train.device)
+    return model
+
+
+def do_test(cfg, model):
+    if "evaluator" not in cfg.dataloader:
+        logger.warning("No dataloader.evaluator in the config: skipping evaluation.")
+        return {}
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+class _DeferredTrainLoader:
+    """The training stream starts at the trainer's first iteration, known only after `--resume` loaded the
+    checkpoint (SimpleTrainer calls iter() on its loader at construction; a generator defers the work)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.trainer = None
+
+    def __iter__(self):
+        c = self.cfg.dataloader.train
+        yield from build_resumable_train_loader(
+            dataset=instantiate(c.dataset),
+            mapper=instantiate(c.mapper) if "mapper" in c else None,
+            total_batch_size=c.total_batch_size,
+            num_workers=c.get("num_workers", 0),
+            seed=self.cfg.train.get("seed", 0),
+            start_iter=self.trainer.iter,
+        )
+
+
+def do_train(args, cfg):
+    model = build_model(cfg)
+    logger.info(f"Model:\n{model}")
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+
+    ddp = dict(cfg.train.get("ddp", {}))
+    if cfg.train.device == "cpu":
+        ddp["device_ids"] = None  # DDP on CPU processes (gloo)
+    ddp_model = create_ddp_model(model, **ddp)
+    loader = _DeferredTrainLoader(cfg)
+    trainer = YolactTrainer(ddp_model, loader, optimizer, amp=cfg.train.amp.enabled)
+    loader.trainer = trainer
+    checkpointer = YolactCheckpointer(model, cfg.train.output_dir, optimizer=optimizer, trainer=trainer)
+    eval_period = cfg.train.get("eval_period", 0) or 0
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.EvalHook(eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    if args.resume and checkpointer.has_checkpoint():
+        # The checkpoint stores the iteration that just finished: continue at the next one.
+        start_iter = trainer.iter + 1
+        logger.info(f"Resuming from {checkpointer.get_checkpoint_file()} at iteration {start_iter}.")
+    else:
+        start_iter = 0
+    if start_iter >= cfg.train.max_iter:
+        logger.info(f"Training already finished (iteration {start_iter} >= train.max_iter={cfg.train.max_iter}).")
+        return do_test(cfg, model)
+    trainer.train(start_iter, cfg.train.max_iter)
+    return trainer.storage.latest() if comm.is_main_process() else None
+
+
+def do_eval_only(cfg):
+    model = build_model(cfg)
+    weights = cfg.train.init_checkpoint
+    checkpointer = YolactCheckpointer(model, cfg.train.output_dir)
+    if not weights:
+        if not checkpointer.has_checkpoint():
+            raise FileNotFoundError(
+                f"--eval-only needs weights: set train.init_checkpoint=PATH, or train first so that "
+                f"{cfg.train.output_dir} has a last_checkpoint."
+            )
+        weights = checkpointer.get_checkpoint_file()
+    checkpointer.load(weights)
+    logger.info(f"Evaluating {weights}")
+    return do_test(cfg, model)
+
+
+def main(args):
+    cfg = load_config(args.config_file, args.opts)
+    if cfg.train.get("num_threads"):
+        torch.set_num_threads(int(cfg.train.num_threads))
+    default_setup(cfg, args)
+    if args.eval_only:
+        return do_eval_only(cfg)
+    return do_train(args, cfg)
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    # Load once in the parent: bad overrides fail here, and the device picks the launcher.
+    cfg = load_config(args.config_file, args.opts)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+        device=cfg.train.device,
+    )
+
+
+def run_cli(argv=None) -> int:
+    """Console entry point: a typo in an override is one clear line, not a traceback."""
+    from yolact_d2.engine import UnknownConfigKeyError
+
+    try:
+        cli(argv)
+    except UnknownConfigKeyError as e:
+        print(f"train_net.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli())
