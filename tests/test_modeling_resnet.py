@@ -64,5 +64,5 @@ def test_r101_block_counts_match_official_layout():
 
 
 def test_bad_depth_is_named():
-    with pytest.raises(ValueError, match="depth must be 50, 101 or 152"):
-        build_yolact_resnet(34)
+    with pytest.raises(ValueError, match=r"depth must be one of \(18, 34, 50, 101, 152\).*got 35"):
+        build_yolact_resnet(35)
