@@ -121,7 +121,10 @@ def test_padded_canvas_maps_back_to_the_image():
     assert rows.min().item() == 0 and abs(rows.max().item() - 224) <= 1
 
 
-def test_mask_rescoring_hook_multiplies_class_score_by_predicted_iou():
+def test_mask_rescoring_keeps_class_scores_for_boxes_and_rescores_masks():
+    """Official YOLACT++ (rescore_bbox=False): `scores` stay the class scores, in NMS order;
+    `mask_scores` = class score x predicted IoU of its class (hand-computed); the score threshold
+    applies to the class score, before re-scoring."""
     boxes, conf = _case()
     seen = {}
 
@@ -129,11 +132,14 @@ def test_mask_rescoring_hook_multiplies_class_score_by_predicted_iou():
         seen["shape"] = tuple(masks.shape)
         return torch.tensor([[0.5, 0.1], [0.3, 0.8]])
 
-    pp = YolactPostProcessor()
+    pp = YolactPostProcessor(score_thresh=0.5)
     r = pp(boxes, conf, torch.full((4, 1), 10.0), torch.ones(4, 4, 1), (550, 550), (550, 550), (100, 200), mask_rescoring=maskiou)
     assert seen["shape"] == (2, 1, 4, 4)
     assert r.pred_classes.tolist() == [0, 1]
-    assert r.scores.tolist() == pytest.approx([0.90 * 0.5, 0.70 * 0.8])
+    assert r.scores.tolist() == pytest.approx([0.90, 0.70])  # boxes: class scores, sorted
+    # masks: 0.9 x 0.5 = 0.45 (kept although below score_thresh=0.5), 0.7 x 0.8 = 0.56
+    assert r.mask_scores.tolist() == pytest.approx([0.45, 0.56])
+    assert not _run(YolactPostProcessor(), boxes, conf).has("mask_scores")  # plain YOLACT: none
 
 
 def test_standard_nms_uses_the_official_plus_one_pixel_iou():

@@ -143,7 +143,10 @@ def _constant_rescorer(num_classes, per_class_iou):
 
 
 @pytest.mark.slow
-def test_rescoring_multiplies_class_score_by_iou_of_its_class():
+def test_rescoring_scores_masks_and_keeps_class_scores_for_boxes():
+    """Official YOLACT++ (rescore_bbox=False): the model with the mask-IoU net gives the same
+    detections and `scores` as without it (boxes ranked by class score), plus `mask_scores` =
+    class score x predicted IoU of its class."""
     torch.manual_seed(0)
     num_classes = 4
     model = instantiate(_tiny_plus_cfg(num_classes, input_size=160))
@@ -156,11 +159,14 @@ def test_rescoring_multiplies_class_score_by_iou_of_its_class():
     iou = torch.tensor([0.9, 0.25, 0.5, 0.0])
     model.mask_rescoring = _constant_rescorer(num_classes, iou)
     plus = model([image])[0]["instances"]
-    # same detections (boxes, classes, masks, order); score = class score x IoU of its class
+    # same detections (boxes, classes, masks, order) and box scores; mask score = score x IoU
     assert torch.equal(plus.pred_classes, plain.pred_classes)
     assert torch.equal(plus.pred_boxes.tensor, plain.pred_boxes.tensor)
     assert torch.equal(plus.pred_masks, plain.pred_masks)
-    torch.testing.assert_close(plus.scores, plain.scores * iou[plain.pred_classes])
+    assert torch.equal(plus.scores, plain.scores)
+    assert torch.all(plus.scores[:-1] >= plus.scores[1:])  # sorted by the box score
+    assert not plain.has("mask_scores")
+    torch.testing.assert_close(plus.mask_scores, plain.scores * iou[plain.pred_classes])
 
 
 # ------------------------------------------------------------------------------------ training

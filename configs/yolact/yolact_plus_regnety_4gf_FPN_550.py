@@ -5,6 +5,8 @@ The ++ parts that do not depend on the backbone: 9 priors per location (3 scales
 change and do not apply. The bottom-up network, its input normalisation and its ImageNet
 weights are those of yolact_regnety_4gf_FPN_550.py (Detectron2's model-zoo RegNetY-4GF).
 """
+from yolact_d2.evaluation import YolactCOCOEvaluator
+
 from ..common.data.coco import dataloader
 from ..common.models.yolact_plus import model
 from ..common.optim import SGD as optimizer
@@ -18,3 +20,5 @@ model.pixel_mean = regnet_yolact.pixel_mean
 model.pixel_std = regnet_yolact.pixel_std
 model.to_rgb = regnet_yolact.to_rgb
 train.output_dir = "./output/yolact_plus_regnety_4gf_FPN_550"
+# Boxes are scored with the class score, masks with the re-scored one (official rescore_bbox=False).
+dataloader.evaluator._target_ = YolactCOCOEvaluator

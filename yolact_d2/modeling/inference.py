@@ -142,8 +142,9 @@ class YolactPostProcessor:
             valid_size: (h, w) of the resized image inside the network input (before padding).
             input_size: (H, W) of the network input (after padding).
             output_size: (height, width) of the original image.
-            mask_rescoring: YOLACT++ hook: cropped masks (D, 1, Hp, Wp) -> predicted IoU (D, C);
-                the score of each detection becomes class score x IoU of its class.
+            mask_rescoring: YOLACT++ hook: cropped masks (D, 1, Hp, Wp) -> predicted IoU (D, C).
+                `scores` stay the class scores (boxes are ranked and reported with them, as the
+                official rescore_bbox=False) and `mask_scores` = class score x IoU of its class.
         """
         height, width = int(output_size[0]), int(output_size[1])
         boxes, classes, scores, coef = self.detect(boxes, conf, coef, input_size)
@@ -154,9 +155,14 @@ class YolactPostProcessor:
         masks = torch.sigmoid(proto @ coef.t()).permute(2, 0, 1)  # (D, Hp, Wp)
         if self.crop:
             masks = crop_masks(masks.contiguous(), boxes)
-        if mask_rescoring is not None and masks.shape[0] > 0:
-            iou = mask_rescoring(masks.unsqueeze(1))  # (D, C)
-            scores = scores * torch.gather(iou, 1, classes.unsqueeze(1)).squeeze(1)
+        mask_scores = None
+        if mask_rescoring is not None:
+            # Official YOLACT++ (rescore_mask=True, rescore_bbox=False): boxes keep the class score
+            # (and its NMS ranking); only the mask result is scored class score x predicted IoU.
+            mask_scores = scores.clone()
+            if masks.shape[0] > 0:
+                iou = mask_rescoring(masks.unsqueeze(1))  # (D, C)
+                mask_scores = scores * torch.gather(iou, 1, classes.unsqueeze(1)).squeeze(1)
         full = self._paste_masks(masks, valid_size, input_size, (height, width))
 
         squashed = tuple(valid_size) == tuple(input_size)
@@ -174,6 +180,8 @@ class YolactPostProcessor:
         result.scores = scores.float()
         result.pred_classes = classes.long()
         result.pred_masks = full
+        if mask_scores is not None:
+            result.mask_scores = mask_scores.float()  # (D,) segm score; YolactCOCOEvaluator reads it
         return result
 
     def _paste_masks(self, masks, valid_size, input_size, output_size) -> torch.Tensor:

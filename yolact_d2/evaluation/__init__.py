@@ -1,0 +1,4 @@
+"""Evaluators: Detectron2's COCOEvaluator, with YOLACT++'s separate box and mask scores."""
+from .coco import YolactCOCOEvaluator
+
+__all__ = ["YolactCOCOEvaluator"]
