@@ -295,3 +295,77 @@ def test_masks_of_a_smaller_padded_image_are_padded_and_larger_ones_rejected():
     big.gt_masks = BitMasks(torch.zeros(2, 10, 8, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"gt_masks have size \(10, 8\) but the network input is \(8, 8\)"):
         YolactLoss(num_classes=2)(preds, priors, [{**target, "instances": big}])
+
+
+# ---------------------------------------------------------------------------------- divergence
+def _official_bce_exact(logit, t, inside):
+    """Official per-pixel loss (sigmoid, crop to 0, BCE with logs clamped at -100) in 40-digit decimal
+    arithmetic (no float rounding of sigmoid to 0 or 1)."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 40
+        p = 1 / (1 + (-Decimal(logit)).exp()) if inside else Decimal(0)
+        log_p = p.ln() if p > 0 else Decimal(-1000)
+        log_1mp = (1 - p).ln() if p < 1 else Decimal(-1000)
+        t = Decimal(t)
+        return float(-(t * max(log_p, Decimal(-100)) + (1 - t) * max(log_1mp, Decimal(-100))))
+
+
+def test_mask_bce_from_logits_equals_official_formula_including_clamps():
+    from yolact_d2.modeling.loss import official_mask_bce
+
+    # 1 mask, 4x4 prototype grid, box = left half (cols 0..1, padding 0): cols 2..3 are outside.
+    logits = torch.tensor([[[-30.0, -8.0, 0.5, 40.0], [2.0, 15.0, -3.0, -120.0], [30.0, -0.25, 7.0, 0.0],
+                            [-15.0, 16.0, 110.0, -9.0]]])
+    target = torch.tensor([[[0.0, 1, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 1]]])
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 1.0]])
+    out = official_mask_bce(logits, target, boxes, padding=0)
+    for r in range(4):
+        for c in range(4):
+            expected = _official_bce_exact(float(logits[0, r, c]), float(target[0, r, c]), inside=c < 2)
+            assert out[0, r, c].item() == pytest.approx(expected, rel=1e-5, abs=1e-6), (r, c)
+    # e.g. outside the box a foreground pixel costs the clamp (100), a background pixel nothing
+    assert out[0, 1, 3].item() == 100.0 and out[0, 0, 3].item() == 0.0
+
+
+def test_non_finite_predictions_are_named_before_any_loss():
+    from yolact_d2.modeling.loss import NonFinitePredictionError
+
+    preds, priors, target, _ = _mask_case()
+    preds["proto"] = preds["proto"].clone()
+    preds["proto"][0, 1, 2, 0] = float("inf")
+    preds["coef"] = preds["coef"] * float("nan")
+    with pytest.raises(NonFinitePredictionError, match=r"Prediction\(s\) coef, proto hold NaN/inf") as info:
+        YolactLoss(num_classes=2)(preds, priors, [target])
+    assert info.value.names == ["coef", "proto"]
+    # Huge but finite logits (sigmoid rounds to exactly 1 / 0) give a finite loss, not a range error.
+    preds, priors, target, _ = _mask_case()
+    preds["coef"] = preds["coef"] * 1e6
+    out = YolactLoss(num_classes=2)(preds, priors, [target])
+    assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_masks_to_train_subset_follows_the_iteration_not_the_global_rng():
+    from detectron2.utils.events import EventStorage
+
+    preds, priors, target, _ = _mask_case()
+    # Three positives of GT 0 with different coefficients; a cap of 1 picks one of them at random.
+    priors = torch.cat([priors[:1], priors[:1], priors[:1], priors[2:]])
+    coef = torch.tensor([[[0.8, -0.3], [-0.5, 0.9], [2.0, 1.0], [0.2, 0.2]]])
+    preds = {**preds, "coef": coef, "loc": torch.zeros(1, 4, 4), "conf": torch.zeros(1, 4, 2)}
+    target = {**target, "instances": target["instances"][:1]}
+    loss = YolactLoss(num_classes=1, masks_to_train=1)
+    per_mask = [YolactLoss(num_classes=1)({**preds, "coef": coef[:, [i, i, i, 3]]}, priors, [target])["loss_mask"]
+                for i in range(3)]  # the uncapped loss when all three positives equal mask i
+
+    def at_iteration(it, global_seed):
+        torch.manual_seed(global_seed)
+        with EventStorage(it):
+            return loss(preds, priors, [target])["loss_mask"].item()
+
+    values = [at_iteration(it, 0) for it in range(12)]
+    assert values == [at_iteration(it, 123) for it in range(12)]  # the global RNG does not matter
+    # each is one of the three masks (rescaled by 3/1), and the iterations do not all pick the same
+    assert all(min(abs(v - m.item()) for m in per_mask) < 1e-5 * v for v in values)
+    assert len({round(v, 4) for v in values}) > 1

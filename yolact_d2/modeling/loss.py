@@ -7,6 +7,7 @@ official targets.
 """
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -15,10 +16,29 @@ from torch import nn
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import BitMasks, Boxes, PolygonMasks, pairwise_ioa, pairwise_iou
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 
 from yolact_d2.layers import crop_masks
 
-__all__ = ["YolactLoss", "match_priors", "ohem_negatives", "encode_boxes", "priors_to_xyxy"]
+__all__ = [
+    "YolactLoss",
+    "NonFinitePredictionError",
+    "match_priors",
+    "ohem_negatives",
+    "encode_boxes",
+    "priors_to_xyxy",
+    "official_mask_bce",
+]
+
+
+class NonFinitePredictionError(FloatingPointError):
+    """A network output (loc, conf, coef, proto, segm) holds NaN/inf: the weights have diverged.
+    Raised before any loss is computed; `names` lists the tensors. The trainer re-raises it as its
+    NonFiniteLossError with the iteration."""
+
+    def __init__(self, names: List[str], message: str):
+        super().__init__(message)
+        self.names = names
 
 # Official variances (0.1, 0.2) are Detectron2's box weights (10, 10, 5, 5); get_deltas does not clamp.
 _BOX_CODER = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))
@@ -102,6 +122,50 @@ def ohem_negatives(
     return neg
 
 
+def official_mask_bce(logits: torch.Tensor, target: torch.Tensor, boxes: torch.Tensor, padding: int = 1) -> torch.Tensor:
+    """Per-pixel official mask loss BCE(crop(sigmoid(logits)), target), computed from the logits.
+
+    logits, target: (n, Hp, Wp) (target in {0, 1}); boxes: (n, 4) normalised xyxy. Official YOLACT
+    zeroes the probabilities outside the padded box and calls F.binary_cross_entropy, whose logs are
+    clamped at -100: outside the box a pixel costs 100 * target, inside BCE-with-logits clamped at
+    100. Equal to the official value wherever fp32 sigmoid does not round to exactly 0 or 1
+    (|logit| < ~16); beyond, the official loss jumps to the clamp (and its gradient vanishes) while this
+    one keeps softplus(|logit|). Why logits: a sigmoid rounded to 1 never reaches the loss as
+    "outside [0, 1]", and large logits keep a gradient.
+    """
+    inside = crop_masks(torch.ones_like(logits), boxes, padding=padding) > 0
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").clamp(max=100.0)
+    return torch.where(inside, bce, 100.0 * target)
+
+
+def _check_finite_predictions(tensors: Dict[str, torch.Tensor]) -> None:
+    """Raise NonFinitePredictionError naming every non-finite tensor, on all workers together (a
+    worker that raised alone would leave the others waiting in the gradient all-reduce)."""
+    names = sorted(tensors)
+    bad = torch.stack([~torch.isfinite(tensors[k].detach()).all() for k in names]).float()
+    if comm.get_world_size() > 1:
+        dist.all_reduce(bad)
+    if bool(bad.any()):
+        local = [k for k in names if not bool(torch.isfinite(tensors[k].detach()).all())]
+        bad_names = [k for k, v in zip(names, bad.tolist()) if v > 0]
+        where = "" if local == bad_names else f" (on this worker: {', '.join(local) or 'none'})"
+        raise NonFinitePredictionError(
+            bad_names, f"Prediction(s) {', '.join(bad_names)} hold NaN/inf{where}: the weights have diverged."
+        )
+
+
+def _mask_subset_generator(seed: int, image_index: int) -> Optional[torch.Generator]:
+    """A generator for the random masks_to_train subset that depends only on (seed, training
+    iteration, global image index): the same subset after --resume and with any number of
+    processes. None outside training (no EventStorage): the global RNG, as official."""
+    try:
+        iteration = get_event_storage().iter
+    except AssertionError:
+        return None
+    state = np.random.SeedSequence([int(seed), int(iteration), int(image_index)]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
 def _gt_bitmasks(instances, image_size) -> torch.Tensor:
     """gt_masks (BitMasks | PolygonMasks) -> (G, H, W) float at the network input size."""
     masks = instances.gt_masks
@@ -141,6 +205,10 @@ class YolactLoss(nn.Module):
     the positive count is averaged over distributed workers so that DDP's gradient averaging gives
     exactly the single-process loss of the global batch (the official DataParallel instead divided
     each GPU's chunk by its own count).
+
+    Non-finite predictions raise NonFinitePredictionError before any loss is computed. The mask loss
+    is computed from logits (official_mask_bce). The masks_to_train subset is drawn from a generator
+    seeded by (seed, iteration, image), not the global RNG, so --resume and N processes reproduce it.
     """
 
     def __init__(
@@ -159,6 +227,7 @@ class YolactLoss(nn.Module):
         maskiou_discard_area: float = 25.0,
         crop_padding: int = 1,
         normalize_across_workers: bool = True,
+        seed: int = 0,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -175,6 +244,7 @@ class YolactLoss(nn.Module):
         self.maskiou_discard_area = maskiou_discard_area
         self.crop_padding = crop_padding
         self.normalize_across_workers = normalize_across_workers
+        self.seed = seed  # of the masks_to_train subsets (see _mask_subset_generator)
 
     # ------------------------------------------------------------------ targets
     def _match_batch(self, priors: torch.Tensor, targets: List[dict]):
@@ -219,7 +289,7 @@ class YolactLoss(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, predictions: Dict, priors: torch.Tensor, targets: List[dict]) -> Dict[str, torch.Tensor]:
         device_type = predictions["loc"].device.type
-        # BCE on probabilities is not autocast-safe, and the official losses are fp32 anyway.
+        # The official losses are fp32.
         with torch.autocast(device_type=device_type, enabled=False):
             return self._losses(predictions, priors.float(), targets)
 
@@ -235,6 +305,10 @@ class YolactLoss(nn.Module):
             )
         if len(targets) != loc.shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {loc.shape[0]} images")
+        checked = {"loc": loc, "conf": conf, "coef": coef, "proto": proto}
+        if predictions.get("segm") is not None:
+            checked["segm"] = predictions["segm"]
+        _check_finite_predictions(checked)
 
         gt_boxes, gt_classes, conf_t, gt_index = self._match_batch(priors, targets)
         pos = conf_t > 0  # (B, P)
@@ -284,16 +358,17 @@ class YolactLoss(nn.Module):
             num_pos_before = pos_coef.shape[0]
             if num_pos_before > self.masks_to_train:
                 # Official: a random subset of masks_to_train masks, loss rescaled to the full count.
-                select = torch.randperm(num_pos_before, device=pos_coef.device)[: self.masks_to_train]
+                generator = _mask_subset_generator(self.seed, comm.get_rank() * batch + b)
+                select = torch.randperm(num_pos_before, generator=generator)[: self.masks_to_train]
+                select = select.to(pos_coef.device)
                 pos_coef = pos_coef[select]
                 pos_idx = pos_idx[select]
             num_used = pos_coef.shape[0]
             boxes = gt_boxes[b][pos_idx]  # (n, 4) normalised xyxy
             mask_t = gt_small[pos_idx]  # (n, Hp, Wp)
 
-            pred = torch.sigmoid(torch.einsum("hwk,nk->nhw", proto[b], pos_coef))  # (n, Hp, Wp)
-            pred = crop_masks(pred, boxes, padding=self.crop_padding)
-            bce = F.binary_cross_entropy(pred.clamp(0, 1), mask_t, reduction="none").sum(dim=(1, 2))
+            logits = torch.einsum("hwk,nk->nhw", proto[b], pos_coef)  # (n, Hp, Wp)
+            bce = official_mask_bce(logits, mask_t, boxes, self.crop_padding).sum(dim=(1, 2))
             # mask_proto_normalize_emulate_roi_pooling: divide by the GT box area at prototype
             # resolution, times Hp*Wp; the final / Hp / Wp is the official mask_alpha scaling.
             box_w = (boxes[:, 2] - boxes[:, 0]) * mask_w
@@ -304,6 +379,7 @@ class YolactLoss(nn.Module):
             total = total + per_mask.sum()
 
             if want_maskiou:
+                pred = crop_masks(torch.sigmoid(logits), boxes, padding=self.crop_padding)  # (n, Hp, Wp)
                 labels = gt_classes[b][pos_idx]
                 if self.maskiou_discard_area > 0:
                     big = mask_t.sum(dim=(1, 2)) > self.maskiou_discard_area
