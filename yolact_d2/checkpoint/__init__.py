@@ -1,4 +1,4 @@
-"""Official YOLACT checkpoint conversion."""
+"""Checkpoint files: the safe reader, the state-dict fit check, official YOLACT conversion."""
 from .convert import (
     RULES,
     ConversionError,
@@ -29,3 +29,22 @@ __all__ = [
 from .layouts import OFFICIAL_CONFIGS, official_layout, synthetic_official_state_dict  # noqa: E402
 
 __all__ += ["OFFICIAL_CONFIGS", "official_layout", "synthetic_official_state_dict"]
+from .mismatch import CLASS_DEPENDENT_KEYS, StateDictDiff, WeightsMismatchError  # noqa: E402
+from .safe_load import (  # noqa: E402
+    CheckpointFileError,
+    UnsafeCheckpointError,
+    checkpoint_meta,
+    load_checkpoint_file,
+    model_state_from,
+)
+
+__all__ += [
+    "CLASS_DEPENDENT_KEYS",
+    "StateDictDiff",
+    "WeightsMismatchError",
+    "CheckpointFileError",
+    "UnsafeCheckpointError",
+    "checkpoint_meta",
+    "load_checkpoint_file",
+    "model_state_from",
+]

@@ -16,6 +16,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import torch
 
+from .safe_load import CheckpointFileError, load_checkpoint_file, model_state_from
+
 Target = Union[None, str, Callable[["re.Match", Dict], str]]
 
 
@@ -73,6 +75,8 @@ _PROTO_INDEX = {"0": "convs_before_upsample.0", "2": "convs_before_upsample.1", 
                 "8": "convs_after_upsample.0", "10": "proto_pred"}
 
 _PARAM = r"(weight|bias|running_mean|running_var)"
+# First torchvision MobileNetV2 feature index of official layers 0..8 (1, 1, 2, 3, 4, 3, 3, 1, 1 blocks).
+_MOBILENET_STARTS = (0, 1, 2, 4, 7, 11, 14, 17, 18)
 
 RULES: List[Rule] = [
     Rule(r".*\.num_batches_tracked", None, "BatchNorm step counter: FrozenBN has none"),
@@ -121,7 +125,36 @@ RULES: List[Rule] = [
         + ("" if m.group(4) == "0" else "norm.") + m.group(5),
         "DarkNet residual blocks",
     ),
+    # YolactEdge: the FPN in two phases (same layers as YOLACT's fpn.*)
+    Rule(r"fpn_phase_1\.lat_layers\.(\d+)\.(weight|bias)", _fpn_reversed("lateral_convs"), "YolactEdge FPN laterals"),
+    Rule(r"fpn_phase_2\.pred_layers\.(\d+)\.(weight|bias)", _fpn_reversed("output_convs"), "YolactEdge FPN 3x3"),
+    Rule(r"fpn_phase_2\.downsample_layers\.(\d+)\.(weight|bias)", r"backbone.downsample_convs.\1.\2", "YolactEdge P6/P7"),
+    # YolactEdge video parts: FlowNetMini (its pre-conv folded in) and SPA
+    Rule(r"flow_net_pre_convs\.convs\.0\.0\.(weight|bias)", r"flow_net.pre_conv.0.\1", "FlowNetMini pre-conv"),
+    Rule(r"flow_net\.(conv[123])\.([01])\.0\.(weight|bias)", r"flow_net.\1.\2.0.\3", "FlowNetMini encoder"),
+    Rule(r"flow_net\.(pred[123])\.conv\.weight", r"flow_net.\1.flow.weight", "FlowNetMini flow"),
+    Rule(r"flow_net\.(pred[123])\.(scale|bias)\.(weight|bias)", r"flow_net.\1.\2.\3", "FlowNetMini scale/bias"),
+    Rule(r"flow_net\.(up(?:feat|flow)[23])\.weight", r"flow_net.\1.weight", "FlowNetMini upsampling"),
+    Rule(r"spa\.refine_convs\.([01])\.0\.(weight|bias)", r"spa.refine_convs.\1.0.\2", "SPA"),
+    # YolactEdge MobileNetV2 (official layers.{i}.{j} = torchvision features[start_i + j])
+    Rule(r"backbone\.layers\.(7|8)\..*", None, "MobileNetV2 layers 7/8: computed officially, never read by the FPN"),
+    Rule(r"backbone\.layers\.0\.([01])\." + _PARAM, r"backbone.bottom_up.features.0.\1.\2", "MobileNetV2 stem"),
+    Rule(
+        r"backbone\.layers\.(\d+)\.(\d+)\.(conv\.\d(?:\.\d)?\." + _PARAM + ")",
+        lambda m, c: f"backbone.bottom_up.features.{_MOBILENET_STARTS[int(m.group(1))] + int(m.group(2))}.{m.group(3)}",
+        "MobileNetV2 inverted residuals",
+    ),
 ]
+
+
+def _missing_video_parts(missing: Sequence[str]) -> str:
+    """'flow_net (31 keys), spa (4 keys)' for the YolactEdge video modules among missing keys."""
+    counts: Dict[str, int] = {}
+    for k in missing:
+        top = k.split(".", 1)[0]
+        if top in ("flow_net", "spa"):
+            counts[top] = counts.get(top, 0) + 1
+    return ", ".join(f"{name}.* ({n} keys)" for name, n in counts.items())
 
 
 def add_rules(rules: Sequence[Rule], first: bool = True) -> None:
@@ -133,7 +166,7 @@ def add_rules(rules: Sequence[Rule], first: bool = True) -> None:
 
 
 def _context(official: Mapping[str, torch.Tensor]) -> Dict:
-    lat = {int(m.group(1)) for k in official if (m := re.match(r"fpn\.lat_layers\.(\d+)\.", k))}
+    lat = {int(m.group(1)) for k in official if (m := re.match(r"fpn(?:_phase_1)?\.lat_layers\.(\d+)\.", k))}
     return {"num_fpn_inputs": len(lat)}
 
 
@@ -210,6 +243,14 @@ def convert_official_state_dict(
                 "use the config of the checkpoint's variant (e.g. R-101 vs R-50, YOLACT vs YOLACT++)."
             )
         missing = [k for k in expected if k not in out]
+        video_parts = _missing_video_parts(missing)
+        if video_parts and not any(k.startswith(("flow_net.", "spa.")) for k in out):
+            raise ConversionError(
+                f"the checkpoint has no weights for the video parts of this model: {video_parts}. It is an "
+                "image checkpoint (YOLACT or YolactEdge COCO) and the config a YolactEdge video model; official "
+                "YolactEdge would silently leave them random. Convert an official video checkpoint "
+                "(e.g. yolact_edge_vid_847_50000.pth), or use the image config (configs/yolact_edge/yolact_edge_R_50_FPN_550.py)."
+            )
         if missing:
             raise ConversionError(
                 f"the checkpoint has no weights for model key '{missing[0]}' ({len(missing)} missing keys). "
@@ -237,7 +278,13 @@ def detect_variant(official: Mapping[str, torch.Tensor]) -> Dict:
     """Guess the official config from the keys: backbone, depth, YOLACT++, class/anchor counts."""
     keys = list(official)
     info: Dict = {"plus": any(k.startswith("maskiou_net.") for k in keys)}
-    if "backbone.layers.0.0.0.weight" in official:
+    # YolactEdge: its FPN is saved in two phases; video models add the flow net (and SPA).
+    info["edge"] = any(k.startswith("fpn_phase_1.") for k in keys)
+    info["video"] = any(k.startswith(("flow_net.", "flow_net_pre_convs.")) for k in keys)
+    info["spa"] = any(k.startswith("spa.") for k in keys)
+    if "backbone.layers.1.0.conv.0.0.weight" in official:
+        info["backbone"] = "mobilenetv2"
+    elif "backbone.layers.0.0.0.weight" in official:
         info["backbone"] = "darknet53"
     elif "backbone.conv1.weight" in official:
         blocks = {int(m.group(1)) for k in keys if (m := re.match(r"backbone\.layers\.2\.(\d+)\.", k))}
@@ -250,8 +297,9 @@ def detect_variant(official: Mapping[str, torch.Tensor]) -> Dict:
         info["depth"] = depth
     else:
         raise ConversionError(
-            "cannot tell the backbone: neither 'backbone.conv1.weight' (ResNet) nor "
-            "'backbone.layers.0.0.0.weight' (DarkNet-53) is in the checkpoint. Is it an official YOLACT one?"
+            "cannot tell the backbone: neither 'backbone.conv1.weight' (ResNet), "
+            "'backbone.layers.0.0.0.weight' (DarkNet-53) nor 'backbone.layers.1.0.conv.0.0.weight' "
+            "(MobileNetV2) is in the checkpoint. Is it an official YOLACT / YolactEdge one?"
         )
     box = official.get("prediction_layers.0.bbox_layer.weight")
     conf = official.get("prediction_layers.0.conf_layer.weight")
@@ -268,6 +316,13 @@ def detect_variant(official: Mapping[str, torch.Tensor]) -> Dict:
 
 def default_config_for(info: Dict) -> str:
     """Config file (relative to the repository) for a detected variant at 550."""
+    if info.get("edge"):
+        backbone = "mobilenetv2" if info["backbone"] == "mobilenetv2" else f"R_{info.get('depth')}"
+        if backbone not in ("mobilenetv2", "R_50", "R_101"):
+            raise ConversionError(f"no YolactEdge config for a {info['backbone']}-{info.get('depth')} checkpoint; pass --config.")
+        return f"configs/yolact_edge/yolact_edge_{'vid_' if info.get('video') else ''}{backbone}_FPN_550.py"
+    if info["backbone"] == "mobilenetv2":
+        raise ConversionError("a MobileNetV2 checkpoint without 'fpn_phase_1.*' keys is not an official YolactEdge one.")
     if info["backbone"] == "darknet53":
         return "configs/yolact/yolact_D_53_FPN_550.py"
     plus = "plus_" if info["plus"] else ""
@@ -293,16 +348,12 @@ def torchvision_resnet_to_official(state: Mapping[str, torch.Tensor]) -> "Ordere
 
 
 def load_official_checkpoint(path: str) -> "OrderedDict[str, torch.Tensor]":
-    """torch.load with weights_only=True (no code from the pickle); accepts {"model": sd} too."""
+    """Read with the safe reader (yolact_d2.checkpoint.safe_load: no code from the pickle runs);
+    accepts {"model": sd} too."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with what to do
+        obj = model_state_from(load_checkpoint_file(path), path)
+    except (CheckpointFileError, FileNotFoundError) as e:
         raise ConversionError(
-            f"cannot load '{path}' safely (weights_only=True): {e}. Official YOLACT weights are plain "
-            "state dicts of tensors; re-save a trusted file with torch.save(state_dict) if it holds other objects."
-        ) from e
-    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise ConversionError(f"'{path}' holds a {type(obj).__name__}, not a state dict.")
+            f"{e} Official YOLACT weights are plain state dicts of tensors (.pth)."
+        ) from None
     return OrderedDict(obj)

@@ -1,31 +1,43 @@
-"""DetectionCheckpointer with atomic saves and class-count-aware loading."""
+"""DetectionCheckpointer with safe reading, atomic saves, strict evaluation loading and
+class-count-aware fine-tuning."""
+import glob
 import logging
 import os
 import re
 import tempfile
-from typing import Any, Sequence
+from collections import defaultdict
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from yolact_d2.checkpoint.mismatch import CLASS_DEPENDENT_KEYS, StateDictDiff
+from yolact_d2.checkpoint.safe_load import CheckpointFileError, load_checkpoint_file
+
 __all__ = ["YolactCheckpointer", "CLASS_DEPENDENT_KEYS"]
 
-# Parameters whose shape depends on the number of classes (head class scores, semantic-seg conv,
-# YOLACT++ mask-IoU net output).
-CLASS_DEPENDENT_KEYS = (r"(^|\.)cls_score\.", r"(^|\.)semantic_seg_conv\.", r"(^|\.)mask_rescoring\.")
+_TMP_PREFIX = ".tmp_"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _atomic_write(path: str, write_fn) -> None:
     """Write through a temporary file in the same directory, fsync, then os.replace:
-    a reader (or a run killed with -9 at any moment) sees the old file or the new one, never half."""
+    a reader (or a run killed with -9 at any moment) sees the old file or the new one, never half.
+    The result gets the mode a plain open() would give (0666 & ~umask): mkstemp makes 0600."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + os.path.basename(path) + ".", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -33,27 +45,71 @@ def _atomic_write(path: str, write_fn) -> None:
         raise
 
 
+def _group_by_module(keys: Sequence[str], depth: int = 3) -> str:
+    """'backbone.lateral_convs.0.weight', ... -> 'backbone.lateral_convs (6)': a short summary."""
+    groups: Dict[str, int] = defaultdict(int)
+    for k in keys:
+        groups[".".join(k.split(".")[:depth])] += 1
+    return ", ".join(f"{g} ({n})" for g, n in sorted(groups.items()))
+
+
 class YolactCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer, plus:
 
-    - `save` and the `last_checkpoint` tag are written atomically (tmp file + os.replace);
-    - loading a checkpoint whose class-dependent layers have another shape (fine-tuning on a dataset
-      with another class count) keeps those layers at their fresh initialisation and logs exactly
-      which keys; any other shape mismatch is an error instead of Detectron2's silent skip.
+    - every file is read by `yolact_d2.checkpoint.safe_load` (a `.pkl` through a restricted
+      unpickler, others with torch.load(weights_only=True)): a weights file never runs code;
+    - `save` and the `last_checkpoint` tag are written atomically (tmp file + os.replace) with
+      ordinary permissions; temporary files a killed save left behind are removed at construction;
+      `meta` (e.g. {"thing_classes": [...]}) is stored in every checkpoint;
+    - loading is strict (any missing, unexpected or wrong-shape key is a `WeightsMismatchError`)
+      when `strict=True` (evaluation, inference) and when `resume_or_load` resumes our own run;
+    - only fine-tuning from `train.init_checkpoint` (`resume_or_load` without a checkpoint to
+      resume, or `load` with `strict=False`) is lenient: class-dependent layers of another shape
+      keep their fresh initialisation (logged as a fine-tuning re-initialisation), missing keys
+      (e.g. a backbone-only ImageNet file) are logged as a grouped summary, any other shape
+      mismatch and a checkpoint that fills none of the model's keys are errors.
     """
 
-    def __init__(self, model, save_dir: str = "", *, class_dependent_keys: Sequence[str] = CLASS_DEPENDENT_KEYS, **kwargs):
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        strict: bool = False,
+        meta: Optional[Mapping[str, Any]] = None,
+        class_dependent_keys: Sequence[str] = CLASS_DEPENDENT_KEYS,
+        **kwargs,
+    ):
         super().__init__(model, save_dir, **kwargs)
+        self.strict = strict
+        self.meta = dict(meta or {})
         self.class_dependent_keys = [re.compile(p) for p in class_dependent_keys]
         self.reinitialized_keys = []
+        self._strict_now = strict
+        if self.save_dir and self.save_to_disk:
+            self._remove_stale_temp_files()
 
     # ------------------------------------------------------------------ saving
+    def _remove_stale_temp_files(self) -> None:
+        """A save killed between mkstemp and os.replace leaves a full-size hidden temp file."""
+        stale = sorted(glob.glob(os.path.join(glob.escape(self.save_dir), _TMP_PREFIX + "*")))
+        for path in stale:
+            if os.path.isfile(path):
+                os.remove(path)
+        if stale:
+            self.logger.warning(
+                f"Removed {len(stale)} temporary file(s) left by an interrupted save in {self.save_dir}: "
+                + ", ".join(os.path.basename(p) for p in stale)
+            )
+
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self.meta:
+            data["meta"] = self.meta
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
@@ -66,19 +122,82 @@ class YolactCheckpointer(DetectionCheckpointer):
         path = os.path.join(self.save_dir, "last_checkpoint")
         _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
+    # ------------------------------------------------------------------ reading
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        """Detectron2's `_load_file` formats, read safely (its own reader uses plain pickle.load).
+
+        `.pkl`: a Detectron2 model-zoo file ({"model", "__author__"}) as is; else a Caffe2 /
+        Detectron1 file ("blobs" or a flat dict of arrays) with Detectron2's name-matching
+        heuristics. `.pyth`: a pycls file ({"model_state"}), also matched heuristically. Anything
+        else: a torch.save file, `{"model": ...}` or a plain state dict."""
+        data = load_checkpoint_file(filename)
+        if not isinstance(data, dict):
+            raise CheckpointFileError(
+                f"'{filename}' holds a {type(data).__name__}, not a checkpoint dict ({{'model': state_dict}})."
+            )
+        if filename.endswith(".pkl"):
+            if "model" in data and "__author__" in data:
+                self.logger.info(f"Reading a file from '{data['__author__']}'")
+                return data
+            if "blobs" in data:  # detection models have "blobs", ImageNet models do not
+                data = data["blobs"]
+            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        if filename.endswith(".pyth"):
+            if "model_state" not in data:
+                raise CheckpointFileError(f"'{filename}': a pycls .pyth checkpoint must contain 'model_state'.")
+            state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        return data if "model" in data else {"model": data}
+
     # ------------------------------------------------------------------ loading
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """Resuming our own run is strict; starting from `path` (init_checkpoint) fine-tunes."""
+        resuming = resume and self.has_checkpoint()
+        self._strict_now = self.strict or resuming
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._strict_now = self.strict
+
     def _is_class_dependent(self, key: str) -> bool:
         return any(p.search(key) for p in self.class_dependent_keys)
 
     def _load_model(self, checkpoint):
+        state = checkpoint.get("model", {})
+        got_shapes = {
+            (k[len("module.") :] if k.startswith("module.") else k): tuple(getattr(v, "shape", ()))
+            for k, v in state.items()
+        }
+        source = self._loading_path or "the checkpoint"
         incompatible = super()._load_model(checkpoint)
+        model_shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        if self._strict_now:
+            StateDictDiff(
+                missing={k: model_shapes[k] for k in incompatible.missing_keys},
+                unexpected={k: got_shapes.get(k) for k in incompatible.unexpected_keys},
+                wrong=[(k, tuple(a), tuple(b)) for k, a, b in incompatible.incorrect_shapes],
+            ).raise_if_mismatch(source)
+            return incompatible
+        return self._fine_tuning_report(incompatible, model_shapes, source)
+
+    def _fine_tuning_report(self, incompatible, model_shapes, source):
         bad = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if not self._is_class_dependent(k)]
         if bad:
             lines = "\n".join(f"  {k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in bad)
             raise ValueError(
-                "The checkpoint does not fit this model (shape mismatch outside the class-dependent "
-                f"layers):\n{lines}\nCheck that the config (backbone, FPN channels, prototypes, "
-                "anchors) matches the one the checkpoint was trained with."
+                f"The checkpoint '{source}' does not fit this model (shape mismatch outside the "
+                f"class-dependent layers):\n{lines}\nCheck that the config (backbone, FPN channels, "
+                "prototypes, anchors) matches the one the checkpoint was trained with."
+            )
+        skipped = {k for k, _, _ in incompatible.incorrect_shapes}
+        loaded = [k for k in model_shapes if k not in skipped and k not in set(incompatible.missing_keys)]
+        if not loaded:
+            raise ValueError(
+                f"The checkpoint '{source}' fills none of the model's {len(model_shapes)} parameters and "
+                "buffers (no key matches): it is not a checkpoint of this model, its backbone or an "
+                "ImageNet file converted with tools/convert_imagenet_backbone.py. Model keys look like "
+                f"'{next(iter(model_shapes), '')}'."
             )
         self.reinitialized_keys = [k for k, _, _ in incompatible.incorrect_shapes]
         if self.reinitialized_keys:
@@ -86,8 +205,29 @@ class YolactCheckpointer(DetectionCheckpointer):
                 f"  {k}: checkpoint {tuple(a)} -> model {tuple(b)}" for k, a, b in incompatible.incorrect_shapes
             )
             self.logger.warning(
-                "Class count differs from the checkpoint: re-initialised "
-                f"{len(self.reinitialized_keys)} class-dependent parameter(s), everything else loaded:\n{lines}"
+                "Fine-tuning re-initialisation: the class count differs from the checkpoint, so "
+                f"{len(self.reinitialized_keys)} class-dependent parameter(s) keep their fresh "
+                f"initialisation; everything else loaded:\n{lines}"
             )
-        # Detectron2 would warn once more per key ("Skip loading parameter ..."): we already did.
-        return incompatible._replace(incorrect_shapes=[])
+        if incompatible.missing_keys:
+            self.logger.warning(
+                f"Fine-tuning from '{source}': it filled {len(loaded)} of the model's {len(model_shapes)} "
+                f"keys; {len(incompatible.missing_keys)} keep their fresh initialisation: "
+                + _group_by_module(incompatible.missing_keys)
+            )
+        if incompatible.unexpected_keys:
+            self.logger.warning(
+                f"Fine-tuning from '{source}': {len(incompatible.unexpected_keys)} checkpoint key(s) are not "
+                "in the model and were ignored: " + _group_by_module(incompatible.unexpected_keys)
+            )
+        # Detectron2 would warn once more per key: the summary above says it all.
+        return incompatible._replace(incorrect_shapes=[], missing_keys=[], unexpected_keys=[])
+
+    _loading_path: Optional[str] = None
+
+    def load(self, path: str, *args, **kwargs):
+        self._loading_path = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading_path = None
