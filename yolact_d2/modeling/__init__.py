@@ -4,11 +4,20 @@ from .fpn import YolactFPN
 from .head import YolactHead
 from .inference import YolactPostProcessor, decode_boxes
 from .meta_arch import Yolact, set_head_width, set_num_classes
+from .feature_transfer import SPA, KeyframeState, partial_backbone_forward, warp_features
+from .flow import FlowNetMini
+from .yolact_edge import YolactEdge
 from .priors import YolactPriorGenerator
 from .protonet import ProtoNet
 
 __all__ = [
     "Yolact",
+    "YolactEdge",
+    "FlowNetMini",
+    "SPA",
+    "KeyframeState",
+    "partial_backbone_forward",
+    "warp_features",
     "YolactFPN",
     "YolactHead",
     "ProtoNet",

@@ -4,7 +4,7 @@ Why not Detectron2's FPN: YOLACT upsamples bilinearly to the exact lateral size 
 where D2 does nearest x2), applies ReLU to the P3-P5 outputs, and makes P6 from the ReLU'd P5 and
 P7 from P6 with stride-2 3x3 convs and no ReLU (D2's LastLevelP6P7 puts a ReLU before P7).
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,16 +63,31 @@ class YolactFPN(Backbone):
         return 0
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        bottom_up = self.bottom_up(x)
+        merged, _ = self.forward_phase1(self.bottom_up(x))
+        return self.forward_phase2(merged)
+
+    # YolactEdge splits the FPN in two: phase 1 is what it warps from a keyframe, phase 2 what it
+    # reruns on every frame. forward() == forward_phase2(forward_phase1(...)[0]), bit for bit.
+    def forward_phase1(self, bottom_up: Dict[str, torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Bottom-up features -> (merged, laterals), both finest first (P3..P5 before the 3x3s).
+
+        merged[i] = lateral_i + bilinear upsampled merged[i+1]; laterals[i] = the 1x1 conv of C_i
+        alone (YolactEdge feeds the C3 lateral to its flow net).
+        """
         feats = [bottom_up[f] for f in self.in_features]
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
         # Top-down: coarsest lateral first, each finer one adds the bilinear upsampled sum.
         merged: List[torch.Tensor] = [None] * len(feats)  # type: ignore[list-item]
-        top = self.lateral_convs[-1](feats[-1])
+        top = laterals[-1]
         merged[-1] = top
         for i in range(len(feats) - 2, -1, -1):
             top = F.interpolate(top, size=feats[i].shape[-2:], mode="bilinear", align_corners=False)
-            top = top + self.lateral_convs[i](feats[i])
+            top = top + laterals[i]
             merged[i] = top
+        return merged, laterals
+
+    def forward_phase2(self, merged: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Phase-1 maps (finest first) -> P3..P7: 3x3 conv + ReLU per level, then P6/P7."""
         outs = [F.relu(conv(m), inplace=True) for conv, m in zip(self.output_convs, merged)]
         for conv in self.downsample_convs:
             outs.append(conv(outs[-1]))  # no ReLU on P6/P7 (official relu_downsample_layers=False)

@@ -186,6 +186,11 @@ class Yolact(nn.Module):
     def _predict(self, images: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, Dict]:
         """Runs the network; returns predictions (CONTRACTS.md layout), priors and FPN features."""
         feats = self.backbone(images)
+        predictions, priors = self._predict_from_features(feats, images)
+        return predictions, priors, feats
+
+    def _predict_from_features(self, feats: Dict[str, torch.Tensor], images: torch.Tensor):
+        """FPN features -> (predictions, priors): protonet, head and the priors of these grids."""
         proto = self.protonet(feats[self.proto_feature]).permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, K)
         level_feats = [feats[f] for f in self.head_features]
         predictions = dict(self.head(level_feats))
@@ -198,7 +203,7 @@ class Yolact(nn.Module):
                 f"Yolact: the head made {predictions['loc'].shape[1]} predictions but there are "
                 f"{priors.shape[0]} priors; check num_anchors against the prior scales/ratios."
             )
-        return predictions, priors, feats
+        return predictions, priors
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
@@ -231,7 +236,15 @@ class Yolact(nn.Module):
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
         images = self.preprocess_image(batched_inputs, resize=True)
-        predictions, priors, _ = self._predict(images.tensor)
+        return self.inference_from_features(self.backbone(images.tensor), images, batched_inputs)
+
+    @torch.no_grad()
+    def inference_from_features(
+        self, feats: Dict[str, torch.Tensor], images: ImageList, batched_inputs: List[Dict]
+    ) -> List[Dict[str, Instances]]:
+        """FPN features -> protonet / head -> Fast NMS -> Instances (what `inference` does after
+        the backbone; YolactEdge feeds it warped features)."""
+        predictions, priors = self._predict_from_features(feats, images.tensor)
         conf = F.softmax(predictions["conf"], dim=-1)  # (B, P, C+1)
         boxes = decode_boxes(predictions["loc"], priors)  # (B, P, 4) relative XYXY
         input_size = tuple(images.tensor.shape[-2:])

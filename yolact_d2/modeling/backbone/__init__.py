@@ -7,3 +7,4 @@ from .deform_resnet import (
     build_deform_resnet,
     build_yolact_deform_resnet_backbone,
 )
+from .mobilenet import MobileNetV2, build_mobilenet_v2, build_yolact_mobilenet_v2_backbone

@@ -1,0 +1,13 @@
+"""YolactEdge ResNet-101 video model, 550x550, YouTube-VIS 40 classes (official yolact_edge_vid).
+
+Official weights: yolact_edge_vid_847_50000.pth; convert with tools/convert_yolact_weights.py.
+The dataloader is a COCO placeholder until video data lands (see yolact_edge_vid_R_50_FPN_550.py)."""
+from ..common.data.coco import dataloader
+from ..common.models.yolact_edge import model, make_video_model
+from ..common.optim import SGD as optimizer
+from ..common.schedule import lr_multiplier
+from ..common.train import train
+
+model.backbone.bottom_up.depth = 101
+make_video_model(model)
+train.output_dir = "./output/yolact_edge_vid_R_101_FPN_550"
