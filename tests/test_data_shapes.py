@@ -1,5 +1,6 @@
-"""The synthetic shapes dataset: deterministic, idempotent, atomic, annotations that match the
-pixels, and a COCO json that Detectron2's loader and COCOEvaluator take like COCO."""
+"""The synthetic shapes dataset: deterministic, idempotent, atomic, generated lazily at a
+cwd-independent root with ordinary permissions, annotations that match the pixels, and a COCO json
+that Detectron2's loader and COCOEvaluator take like COCO."""
 import json
 import os
 
@@ -12,7 +13,13 @@ from detectron2.structures import Boxes, Instances
 from pycocotools.coco import COCO
 
 from yolact_d2.data import shapes as shapes_mod
-from yolact_d2.data.shapes import dataset_fingerprint, generate_shapes_dataset, register_shapes
+from yolact_d2.data.shapes import (
+    dataset_fingerprint,
+    generate_shapes_dataset,
+    prepare_shapes,
+    register_shapes,
+    shapes_default_root,
+)
 
 # pycocotools on numpy 2 warns on every decode; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
@@ -162,3 +169,63 @@ def test_concurrent_generation_is_safe(tmp_path):
         prints = pool.map(_generate_small, [root] * 3)
     assert len(set(prints)) == 1 and prints[0] == dataset_fingerprint(root)
     assert sorted(os.listdir(tmp_path)) == ["s"]
+
+
+def test_prepare_shapes_registers_now_and_generates_on_first_read(tmp_path):
+    """Registration writes nothing but knows the class names; the first read generates exactly
+    what generate_shapes_dataset writes for the same parameters."""
+    root = tmp_path / "lazy"
+    names = prepare_shapes(root, prefix="test_lazy_shapes", kinds=("star", "circle"), **SMALL)
+    assert names == ["test_lazy_shapes_train", "test_lazy_shapes_val"]
+    assert not root.exists() and os.listdir(tmp_path) == []
+    meta = MetadataCatalog.get("test_lazy_shapes_val")
+    assert meta.thing_classes == ["star", "circle"]
+    assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1}
+    dicts = DatasetCatalog.get("test_lazy_shapes_val")
+    assert len(dicts) == SMALL["num_val"]
+    generate_shapes_dataset(tmp_path / "eager", kinds=("star", "circle"), **SMALL)
+    assert dataset_fingerprint(root) == dataset_fingerprint(tmp_path / "eager")
+    # Reading again (or re-registering the same) neither regenerates nor re-registers.
+    mtime = os.stat(root / "generation.json").st_mtime_ns
+    assert prepare_shapes(root, prefix="test_lazy_shapes", kinds=("star", "circle"), **SMALL) == names
+    assert len(DatasetCatalog.get("test_lazy_shapes_train")) == SMALL["num_train"]
+    assert os.stat(root / "generation.json").st_mtime_ns == mtime
+    # Bad parameters fail at registration, still without writing anything.
+    with pytest.raises(ValueError, match="hexagonal"):
+        prepare_shapes(tmp_path / "bad", prefix="test_lazy_bad", kinds=("hexagonal",), **SMALL)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_default_root_does_not_depend_on_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    roots = set()
+    for cwd in (tmp_path, tmp_path / "home"):
+        cwd.mkdir(exist_ok=True)
+        monkeypatch.chdir(cwd)
+        roots.add(shapes_default_root())
+    assert roots == {str(tmp_path / "home/.cache/yolact_d2/datasets/shapes")}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert shapes_default_root() == str(tmp_path / "xdg/yolact_d2/datasets/shapes")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d2"))
+    assert shapes_default_root() == str(tmp_path / "d2/shapes")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_generated_files_have_ordinary_permissions(tmp_path, umask):
+    """As os.makedirs / open give them (0777 / 0666 minus the umask), not tempfile's 0700 / 0600."""
+    old = os.umask(umask)
+    try:
+        generate_shapes_dataset(tmp_path / "s", **SMALL)
+    finally:
+        os.umask(old)
+    modes = {}
+    for dirpath, dirnames, filenames in os.walk(tmp_path / "s"):
+        modes[dirpath] = os.stat(dirpath).st_mode & 0o777
+        for fn in filenames:
+            modes[os.path.join(dirpath, fn)] = os.stat(os.path.join(dirpath, fn)).st_mode & 0o777
+    dirs = {p for p in modes if os.path.isdir(p)}
+    assert len(dirs) == 4 and len(modes) - len(dirs) == SMALL["num_train"] + SMALL["num_val"] + 3
+    assert {modes[p] for p in dirs} == {0o777 & ~umask}
+    assert {m for p, m in modes.items() if p not in dirs} == {0o666 & ~umask}

@@ -2,9 +2,9 @@
 
     python tools/train_net.py --config-file configs/shapes/yolact_shapes.py train.device=cpu
 
-Loading this config generates the dataset (configs/common/data/shapes.py; idempotent: only when
-$DETECTRON2_DATASETS/shapes does not already hold it with the same parameters) and registers
-shapes_train / shapes_val.
+Loading this config only registers shapes_train / shapes_val (configs/common/data/shapes.py); the
+set is generated when first read, under $DETECTRON2_DATASETS/shapes (else
+~/.cache/yolact_d2/datasets/shapes), unless it is already there with the same parameters.
 
 The model is configs/shapes/small_yolact.py (a narrow ResNet-18-style YOLACT, 128x128 input); the
 schedule is short with a high learning rate.
@@ -15,7 +15,7 @@ from detectron2.data import transforms as T
 from yolact_d2.data.augmentations import YolactResize
 from yolact_d2.engine.schedule import yolact_lr_multiplier
 
-from ..common.data.shapes import dataloader  # generates + registers shapes_train / shapes_val
+from ..common.data.shapes import dataloader  # registers shapes_train / shapes_val
 from ..common.optim import SGD as optimizer
 from ..common.train import train
 from .small_yolact import INPUT_SIZE, NUM_CLASSES, model

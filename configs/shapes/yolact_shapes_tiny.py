@@ -2,8 +2,9 @@
 
     python tools/train_net.py --config-file configs/shapes/yolact_shapes_tiny.py
 
-Loading this config generates (idempotently) 16 train / 4 val images under
-$DETECTRON2_DATASETS/shapes_tiny and registers them as shapes_tiny_train / shapes_tiny_val.
+Loading this config registers shapes_tiny_train / shapes_tiny_val: 16 train / 4 val images,
+generated (idempotently) when first read, under $DETECTRON2_DATASETS/shapes_tiny (else
+~/.cache/yolact_d2/datasets/shapes_tiny).
 """
 import os
 

@@ -16,7 +16,7 @@ from detectron2.structures import BitMasks, BoxMode, Boxes, Instances, PolygonMa
 
 from .augmentations import InstanceAugInput, YolactResize
 
-__all__ = ["YolactDatasetMapper", "AnnotationError", "ImageReadError"]
+__all__ = ["YolactDatasetMapper", "AnnotationError", "ImageReadError", "check_polygons", "check_rle"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,60 @@ def check_polygons(polygons, where: str) -> None:
                                   "polygon needs at least 3.")
         if not np.isfinite(np.asarray(poly, dtype=np.float64)).all():
             raise AnnotationError(f"{where}: polygon {k} has non-finite coordinates.")
+
+
+def _compressed_run_lengths(counts: str):
+    """Run lengths of a COCO compressed RLE string, or None if it is malformed.
+
+    The format (pycocotools' rleToString): each run in 5-bit groups, least significant first, as
+    chr(48 + group) with 0x20 set while more groups follow and 0x10 of the last group the sign;
+    from the fourth run on, the difference to the run two before. Why decode it ourselves:
+    pycocotools decodes any string without a check, into a garbage mask or a ValueError that
+    names nothing."""
+    runs = []
+    value = shift = 0
+    for ch in counts:
+        c = ord(ch) - 48
+        if not 0 <= c < 64:
+            return None
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            value -= 1 << shift  # sign-extend
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+        value = shift = 0
+    return None if shift else runs
+
+
+def check_rle(segm, where: str) -> None:
+    """Raise AnnotationError naming `where` unless `segm` is an RLE dict whose "size" is [h, w] and
+    whose "counts" (compressed string or uncompressed list) are non-negative runs summing to h*w."""
+    size, counts = segm.get("size"), segm.get("counts")
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, (int, np.integer)) and v >= 0 for v in size)):
+        raise AnnotationError(f"{where}: RLE 'size' {size!r} is not [height, width].")
+    if isinstance(counts, bytes):
+        counts = counts.decode("latin-1")
+    if isinstance(counts, str):
+        runs = _compressed_run_lengths(counts)
+        if runs is None:
+            raise AnnotationError(f"{where}: corrupt RLE: 'counts' {counts[:40]!r} is not a valid "
+                                  "compressed RLE string (pycocotools' mask.encode format).")
+    elif isinstance(counts, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in counts):
+        runs = list(counts)
+    else:
+        raise AnnotationError(f"{where}: RLE 'counts' of type {type(counts).__name__} is neither a "
+                              "compressed string nor a list of run lengths.")
+    if any(r < 0 for r in runs):
+        raise AnnotationError(f"{where}: corrupt RLE: 'counts' has a negative run length.")
+    h, w = int(size[0]), int(size[1])
+    if sum(runs) != h * w:
+        raise AnnotationError(f"{where}: corrupt RLE: its run lengths cover {sum(runs)} pixels, but "
+                              f"its size {h}x{w} has {h * w}. Re-encode the mask (pycocotools mask.encode).")
 
 
 class ImageReadError(OSError):
@@ -121,10 +175,17 @@ class YolactDatasetMapper:
         if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
             raise ImageReadError(f"Image file {file_name!r} decoded to an unusable array of shape "
                                  f"{image.shape}.")
-        try:
-            utils.check_image_size(dataset_dict, image)
-        except Exception as e:
-            raise ImageReadError(f"Image file {file_name!r}: {e}") from e
+        # Our own check (not utils.check_image_size): name both sizes as height x width, and say
+        # that the annotations' height/width are what to fix.
+        expected = (dataset_dict.get("height"), dataset_dict.get("width"))
+        if expected != (None, None) and expected != image.shape[:2]:
+            raise ImageReadError(
+                f"Image file {file_name!r} (image_id={dataset_dict.get('image_id')}) is "
+                f"{image.shape[0]}x{image.shape[1]} (height x width) but its annotations say "
+                f"height={expected[0]}, width={expected[1]}. Fix the image's height and width in the "
+                "annotation json (or replace the file).")
+        dataset_dict.setdefault("height", image.shape[0])  # the original size, for inference
+        dataset_dict.setdefault("width", image.shape[1])
         return image
 
     # ------------------------------------------------------------------ annotations
@@ -169,6 +230,7 @@ class YolactDatasetMapper:
                 if size != [h, w]:
                     raise AnnotationError(f"{where}: RLE size {size} does not match the image "
                                           f"size [{h}, {w}].")
+                check_rle(segm, where)
                 if self.mask_format == "polygon" and not crowd:
                     raise AnnotationError(f"{where}: is an RLE mask but mask_format='polygon'; use "
                                           "mask_format='bitmask' for datasets with RLE masks.")

@@ -19,12 +19,13 @@ segmentation paths run; some train images also carry one ``iscrowd=1`` cluster o
 The image pixels are painted from the very rasterisation pycocotools uses for the annotations,
 so ground truth and pixels agree exactly.
 """
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
+import uuid
 
 import cv2
 import numpy as np
@@ -37,6 +38,7 @@ __all__ = [
     "register_shapes",
     "prepare_shapes",
     "shapes_default_root",
+    "datasets_root",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,9 +50,22 @@ _GENERATOR_VERSION = 1
 _SPLITS = ("train", "val")
 
 
+def datasets_root():
+    """Where generated datasets go: $DETECTRON2_DATASETS when set (Detectron2's convention), else a
+    per-user cache folder ($XDG_CACHE_HOME/yolact_d2/datasets, default ~/.cache/yolact_d2/datasets).
+
+    Why not Detectron2's default ./datasets: that depends on where a command runs, so inference
+    from another folder would generate (and train on) a second copy there."""
+    env = os.environ.get("DETECTRON2_DATASETS")
+    if env:
+        return os.path.abspath(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.path.abspath(cache), "yolact_d2", "datasets")
+
+
 def shapes_default_root():
-    """$DETECTRON2_DATASETS/shapes (Detectron2's dataset-root convention), default ./datasets/shapes."""
-    return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "shapes")
+    """The shapes set's default folder: datasets_root()/shapes."""
+    return os.path.join(datasets_root(), "shapes")
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -182,6 +197,18 @@ def _occluders(objects, obj):
 # ----------------------------------------------------------------------------- dataset
 def _params(num_train, num_val, image_size, seed, kinds, min_objects, max_objects, min_size,
             max_size, min_visible, rle_fraction, crowd_prob, image_ext):
+    """The checked generation parameters (also the idempotency record, generation.json)."""
+    bad = [k for k in kinds if k not in ALL_KINDS]
+    if bad or not kinds:
+        raise ValueError(f"Unknown shape kinds {bad} (choose from {ALL_KINDS}).")
+    if not (1 <= min_objects <= max_objects):
+        raise ValueError(f"Need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}.")
+    if not (0 < min_size <= max_size <= 1):
+        raise ValueError(f"Need 0 < min_size <= max_size <= 1, got {min_size}, {max_size}.")
+    if image_ext not in ("png", "jpg"):
+        raise ValueError(f"image_ext must be 'png' or 'jpg', got {image_ext!r}.")
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32 pixels, got {image_size}.")
     return dict(
         generator_version=_GENERATOR_VERSION, num_train=int(num_train), num_val=int(num_val),
         image_size=int(image_size), seed=int(seed), kinds=list(kinds),
@@ -189,6 +216,11 @@ def _params(num_train, num_val, image_size, seed, kinds, min_objects, max_object
         max_size=float(max_size), min_visible=float(min_visible),
         rle_fraction=float(rle_fraction), crowd_prob=float(crowd_prob), image_ext=image_ext,
     )
+
+
+def _categories(kinds):
+    """COCO categories of the shape kinds: ids 1..len(kinds) in order."""
+    return [dict(id=k + 1, name=name, supercategory="shape") for k, name in enumerate(kinds)]
 
 
 def _read_params(root):
@@ -227,10 +259,20 @@ def _write_split(out_dir, split, split_idx, count, p):
         info=dict(description=f"yolact_d2 synthetic shapes ({split})", version=str(_GENERATOR_VERSION)),
         images=images,
         annotations=annotations,
-        categories=[dict(id=k + 1, name=name, supercategory="shape") for k, name in enumerate(kinds)],
+        categories=_categories(kinds),
     )
     with open(os.path.join(out_dir, "annotations", f"instances_{split}.json"), "w") as f:
         json.dump(coco, f)
+
+
+def _fresh_dir(parent, prefix):
+    """A new, uniquely named folder with ordinary permissions (0777 minus umask, as os.makedirs).
+
+    Why not tempfile.mkdtemp: it creates 0700, and the folder is renamed into place as the
+    dataset, which other users (or a container running as another uid) could then not read."""
+    path = os.path.join(parent, prefix + uuid.uuid4().hex[:12])
+    os.mkdir(path)
+    return path
 
 
 def generate_shapes_dataset(root, num_train=1000, num_val=100, image_size=128, seed=0, *,
@@ -257,20 +299,9 @@ def generate_shapes_dataset(root, num_train=1000, num_val=100, image_size=128, s
 
     Returns: dict split -> (json_file, image_root).
     """
-    bad = [k for k in kinds if k not in ALL_KINDS]
-    if bad or not kinds:
-        raise ValueError(f"Unknown shape kinds {bad} (choose from {ALL_KINDS}).")
-    if not (1 <= min_objects <= max_objects):
-        raise ValueError(f"Need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}.")
-    if not (0 < min_size <= max_size <= 1):
-        raise ValueError(f"Need 0 < min_size <= max_size <= 1, got {min_size}, {max_size}.")
-    if image_ext not in ("png", "jpg"):
-        raise ValueError(f"image_ext must be 'png' or 'jpg', got {image_ext!r}.")
-    if image_size < 32:
-        raise ValueError(f"image_size must be >= 32 pixels, got {image_size}.")
-    root = os.path.abspath(root)
     p = _params(num_train, num_val, image_size, seed, kinds, min_objects, max_objects, min_size,
                 max_size, min_visible, rle_fraction, crowd_prob, image_ext)
+    root = os.path.abspath(root)
     result = {s: (os.path.join(root, "annotations", f"instances_{s}.json"), os.path.join(root, s))
               for s in _SPLITS}
     if _read_params(root) == p:
@@ -279,7 +310,7 @@ def generate_shapes_dataset(root, num_train=1000, num_val=100, image_size=128, s
 
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
+    tmp = _fresh_dir(parent, f".{os.path.basename(root)}.tmp-")
     try:
         os.makedirs(os.path.join(tmp, "annotations"))
         for split_idx, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val))):
@@ -292,7 +323,7 @@ def generate_shapes_dataset(root, num_train=1000, num_val=100, image_size=128, s
             if _read_params(root) == p:  # another process finished the same job meanwhile
                 shutil.rmtree(tmp, ignore_errors=True)
                 return result
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.old-", dir=parent)
+            old = _fresh_dir(parent, f".{os.path.basename(root)}.old-")
             os.rename(root, os.path.join(old, "data"))
         try:
             os.rename(tmp, root)
@@ -310,34 +341,47 @@ def generate_shapes_dataset(root, num_train=1000, num_val=100, image_size=128, s
 
 
 def register_shapes(root=None, splits=_SPLITS, prefix="shapes"):
-    """Register "<prefix>_train"/"<prefix>_val" (Detectron2 COCO-format datasets) for the data at
-    `root` (default: shapes_default_root()). Re-registering the same paths is a no-op; other
-    paths replace the earlier registration. The json is only read when the dataset is used."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
+    """Register "<prefix>_train"/"<prefix>_val" for a shapes set already generated at `root`
+    (default: shapes_default_root()) with register_coco_dataset: class names now, the json checked
+    when loaded. Re-registering the same paths is a no-op; other paths replace the registration."""
+    from .datasets import register_coco_dataset
 
     root = os.path.abspath(root or shapes_default_root())
-    names = []
-    for split in splits:
-        name = f"{prefix}_{split}"
-        json_file = os.path.join(root, "annotations", f"instances_{split}.json")
-        image_root = os.path.join(root, split)
-        if name in DatasetCatalog.list():
-            if MetadataCatalog.get(name).get("json_file") == json_file:
-                names.append(name)
-                continue
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        register_coco_instances(name, {}, json_file, image_root)
-        names.append(name)
-    return names
+    return [register_coco_dataset(f"{prefix}_{split}", os.path.join(root, "annotations", f"instances_{split}.json"),
+                                  os.path.join(root, split))
+            for split in splits]
+
+
+def _generate_and_load(root, split, name, generate_kwargs):
+    from .datasets import load_coco_json_checked
+
+    json_file, image_root = generate_shapes_dataset(root, **generate_kwargs)[split]
+    return load_coco_json_checked(json_file, image_root, name)
 
 
 def prepare_shapes(root=None, prefix="shapes", **generate_kwargs):
-    """Generate (if needed) and register the shapes dataset; returns the registered names."""
-    root = root or shapes_default_root()
-    generate_shapes_dataset(root, **generate_kwargs)
-    return register_shapes(root, prefix=prefix)
+    """Register "<prefix>_train" / "<prefix>_val" for the shapes set generated at `root` (default:
+    shapes_default_root()) with these generate_shapes_dataset parameters. Nothing is written now:
+    a split is generated (idempotently, atomically) when it is first read through DatasetCatalog.
+    Class names are in the metadata at once; bad parameters raise now. Returns the names."""
+    import inspect
+
+    from .datasets import category_metadata, register_dataset
+
+    root = os.path.abspath(root or shapes_default_root())
+    bound = inspect.signature(generate_shapes_dataset).bind(root, **generate_kwargs)
+    bound.apply_defaults()
+    params = _params(**{k: v for k, v in bound.arguments.items() if k != "root"})  # checks them
+    categories = category_metadata(_categories(params["kinds"]), root)
+    names = []
+    for split in _SPLITS:
+        name = f"{prefix}_{split}"
+        metadata = dict(json_file=os.path.join(root, "annotations", f"instances_{split}.json"),
+                        image_root=os.path.join(root, split), evaluator_type="coco",
+                        shapes_generation=params, **categories)
+        names.append(register_dataset(
+            name, functools.partial(_generate_and_load, root, split, name, dict(generate_kwargs)), metadata))
+    return names
 
 
 def dataset_fingerprint(root):
