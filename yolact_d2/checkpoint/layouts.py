@@ -1,7 +1,8 @@
 """Official YOLACT checkpoint layouts (key, shape, dtype in save order) and synthetic checkpoints.
 
 `official_layouts/<config>.keys.tsv` lists every key of the official model's state_dict for the
-configs in data/config.py of github dbolya/yolact. `synthetic_official_state_dict` fills such a
+configs in data/config.py of github dbolya/yolact (and yolact_edge/data/config.py of
+github haotian-liu/yolact_edge for the yolact_edge_* files). `synthetic_official_state_dict` fills such a
 layout with seeded values: a stand-in for the real weights in tests and fidelity checks.
 """
 import math
@@ -20,6 +21,12 @@ OFFICIAL_CONFIGS = (
     "yolact_darknet53_config",
     "yolact_plus_resnet50_config",
     "yolact_plus_base_config",
+    # YolactEdge (github haotian-liu/yolact_edge)
+    "yolact_edge_resnet50_config",
+    "yolact_edge_config",
+    "yolact_edge_mobilenetv2_config",
+    "yolact_edge_vid_resnet50_config",
+    "yolact_edge_vid_config",
 )
 
 
@@ -61,6 +68,8 @@ def synthetic_official_state_dict(config_name: str, seed: int = 0, conf_bias_std
                 v = v * 0.1  # small offsets: deformable convs stay close to regular ones
             elif "bbox_layer" in key:
                 v = v * 0.1  # box deltas ~0.1-1: boxes near their priors, no exp overflow
+            elif key.startswith("flow_net.pred") and ".conv." in key:
+                v = v * 0.05  # YolactEdge flows of a few pixels, not off the map
         elif leaf == "running_var":
             v = 1.0 + 0.1 * torch.rand(shape, generator=g)
         elif leaf == "running_mean":
