@@ -12,9 +12,8 @@ Weights may be a yolact_d2 / Detectron2 checkpoint ({"model": state_dict} or a p
 """
 import logging
 import os
-import pickle
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,6 +23,8 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data import Metadata, MetadataCatalog
 from detectron2.structures import Instances
 
+from yolact_d2.checkpoint.mismatch import StateDictDiff, WeightsMismatchError
+from yolact_d2.checkpoint.safe_load import checkpoint_meta, load_checkpoint_file, model_state_from
 from yolact_d2.export.optimize import optimize_for_inference
 
 __all__ = ["Predictor", "load_model_config", "load_weights", "WeightsMismatchError"]
@@ -33,10 +34,6 @@ logger = logging.getLogger(__name__)
 ImageLike = np.ndarray
 # Official YOLACT state dicts are recognised by their head key (ours is "head.bbox_pred.*").
 _OFFICIAL_MARKER = "prediction_layers.0.bbox_layer.weight"
-
-
-class WeightsMismatchError(ValueError):
-    """A checkpoint whose keys or shapes do not fit the model built from the config."""
 
 
 # ---------------------------------------------------------------------------------- config
@@ -74,81 +71,53 @@ def load_model_config(config, opts: Sequence[str] = ()):
 
 
 # ---------------------------------------------------------------------------------- weights
-def _read_checkpoint(path: str) -> Mapping[str, torch.Tensor]:
+def _read_checkpoint(path: str) -> Tuple[Mapping[str, torch.Tensor], Dict]:
+    """(state dict, the checkpoint's `meta`) through the safe reader (no code from the file runs)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Predictor: weights file '{path}' does not exist; give a checkpoint written by training "
             "(model_final.pth), tools/convert_yolact_weights.py, or an official YOLACT .pth."
         )
-    if path.endswith(".pkl"):  # Detectron2 model-zoo style pickles of numpy arrays
-        with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - re-raised with the file name and what to do
-            raise ValueError(
-                f"Predictor: cannot read '{path}' as a PyTorch checkpoint (loaded with weights_only=True): "
-                f"{type(e).__name__}: {e}. Save the weights as torch.save({{'model': model.state_dict()}}, path)."
-            ) from e
-    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"Predictor: '{path}' holds a {type(obj).__name__}, not a state dict or {{'model': ...}}.")
+    obj = load_checkpoint_file(path)
     state = OrderedDict()
-    for k, v in obj.items():
+    for k, v in model_state_from(obj, path).items():
         if isinstance(v, np.ndarray):
             v = torch.from_numpy(v)
         if isinstance(v, torch.Tensor):
             state[k[len("module.") :] if k.startswith("module.") else k] = v
     if not state:
         raise ValueError(f"Predictor: '{path}' contains no tensors.")
-    return state
+    return state, checkpoint_meta(obj)
 
 
-def _describe(keys: List[str], shapes: Dict[str, tuple], limit: int = 5) -> str:
-    shown = ", ".join(f"{k} {list(shapes[k])}" for k in keys[:limit])
-    return shown + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+def load_weights(model: nn.Module, path: str) -> Dict:
+    """Load `path` into `model` strictly, with an error that names what does not fit.
 
-
-def load_weights(model: nn.Module, path: str) -> None:
-    """Load `path` into `model` strictly, with an error that names what does not fit."""
-    state = _read_checkpoint(path)
+    Returns the checkpoint's `meta` ({"thing_classes": [...]} in checkpoints yolact_d2 trained; {}
+    for others)."""
+    state, meta = _read_checkpoint(path)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if _OFFICIAL_MARKER in state:
         from yolact_d2.checkpoint import convert_official_state_dict
 
         logger.info("Predictor: '%s' is an official YOLACT checkpoint; converting it.", path)
         state, _ = convert_official_state_dict(state, expected)
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    wrong = [k for k in expected if k in got and got[k] != expected[k]]
-    if missing or unexpected or wrong:
-        parts = [f"Predictor: weights '{path}' do not fit the model built from the config."]
-        if wrong:
-            parts.append(
-                "Shape mismatch: "
-                + "; ".join(f"{k}: checkpoint {list(got[k])} vs model {list(expected[k])}" for k in wrong[:5])
-                + (f" ... ({len(wrong)} in all)" if len(wrong) > 5 else "")
-            )
-            if any("cls_score" in k or "semantic_seg_conv" in k for k in wrong):
-                parts.append(
-                    "The class count differs: set the config's num_classes to the checkpoint's "
-                    "(yolact_d2.modeling.set_num_classes, or the model.num_classes/model.head.num_classes overrides)."
-                )
-        if missing:
-            parts.append("Missing in the checkpoint: " + _describe(missing, expected))
-        if unexpected:
-            parts.append("Not in the model: " + _describe(unexpected, got))
-        parts.append("Use the config the checkpoint was trained with (backbone depth, YOLACT vs YOLACT++).")
-        raise WeightsMismatchError("\n".join(parts))
+    StateDictDiff.between(expected, {k: tuple(v.shape) for k, v in state.items()}).raise_if_mismatch(path, "Predictor: ")
     model.load_state_dict(state, strict=True)
+    return meta
 
 
 # ---------------------------------------------------------------------------------- metadata
-def _metadata_for(cfg, num_classes: int) -> Metadata:
-    """Class names for drawing: the config's test dataset, else COCO for 80 classes, else numbers."""
+def _metadata_for(cfg, num_classes: int, checkpoint_classes: Optional[Sequence[str]] = None) -> Metadata:
+    """Class names for drawing: those stored in the checkpoint (its training set's), else the
+    config's test dataset, else COCO for 80 classes, else numbers."""
+    if checkpoint_classes is not None and len(checkpoint_classes) == num_classes:
+        return Metadata(name="yolact_d2_checkpoint", thing_classes=[str(c) for c in checkpoint_classes])
+    if checkpoint_classes is not None:
+        logger.warning(
+            "Predictor: the checkpoint names %d classes but the model has %d; not using its names.",
+            len(checkpoint_classes), num_classes,
+        )
     names = None
     try:
         names = cfg.dataloader.test.dataset.names
@@ -251,10 +220,11 @@ class Predictor:
         model = instantiate(model_cfg)
         if not isinstance(model, nn.Module):
             raise TypeError(f"Predictor: the config's model instantiates to {type(model).__name__}, not a torch module.")
+        meta = {}
         if weights is None:
             logger.warning("Predictor: no weights given; the model keeps its random initialisation.")
         else:
-            load_weights(model, os.fspath(weights))
+            meta = load_weights(model, os.fspath(weights))
         model.to(self.device).eval()
         if score_threshold is not None:
             model.post_processor.score_thresh = float(score_threshold)
@@ -262,7 +232,7 @@ class Predictor:
             optimize_for_inference(model)
         self.model = model
         self.input_format = getattr(model, "input_format", "BGR")
-        self.metadata = _metadata_for(self.cfg, int(getattr(model, "num_classes", 0)))
+        self.metadata = _metadata_for(self.cfg, int(getattr(model, "num_classes", 0)), meta.get("thing_classes"))
 
     def _to_input(self, image: np.ndarray) -> Dict:
         if self.input_format == "RGB":
