@@ -1,7 +1,10 @@
-"""tools/demo.py on a real image file and a real video file with seeded weights.
+"""tools/demo.py on real image and video files with seeded weights, with its own and Detectron2's flags.
 
 Checks the written files: same size as the input, pixels changed where the most confident
-detection's mask is, unchanged far from every detection, one output frame per input frame.
+detection's mask is, unchanged far from every detection, one output frame per input frame; the
+detections listed for Detectron2-style `--opts KEY VALUE` equal those of the Predictor given the
+same weights and input size; an unreadable file is skipped with exit status 1; several inputs
+with a file-like --output, a camera that does not open and a bad override are clear errors.
 """
 import os
 import subprocess
@@ -24,11 +27,32 @@ def weights(tmp_path_factory):
 
 
 def run_demo(weights, *args):
-    cmd = [sys.executable, DEMO, "--config", fx.R50_CONFIG, "--weights", weights, "--device", "cpu",
-           "--confidence-threshold", str(THRESH), *args, "--opts", *fx.SMALL_OPTS]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = run_demo_raw("--config", fx.R50_CONFIG, "--weights", weights, "--device", "cpu",
+                        "--confidence-threshold", str(THRESH), *args, "--opts", *fx.SMALL_OPTS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout + proc.stderr
+
+
+def run_demo_raw(*args, timeout=600):
+    return subprocess.run([sys.executable, DEMO, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def write_video(path, num_frames, seed):
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (128, 96))
+    for i in range(num_frames):
+        writer.write(fx.test_image(96, 128, seed=seed + i))
+    writer.release()
+
+
+def count_frames(path):
+    cap = cv2.VideoCapture(path)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    return frames
 
 
 def test_demo_image(weights, tmp_path):
@@ -65,24 +89,14 @@ def test_demo_folder_glob_and_video(weights, tmp_path):
     inputs.mkdir()
     for i in range(2):
         cv2.imwrite(str(inputs / f"img{i}.png"), fx.test_image(96, 128, seed=10 + i))
-    video = str(tmp_path / "clip.avi")
-    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (128, 96))
-    for i in range(4):
-        writer.write(fx.test_image(96, 128, seed=20 + i))
-    writer.release()
+    write_video(str(tmp_path / "clip.avi"), 4, seed=20)
     out_dir = tmp_path / "out"
     log = run_demo(weights, "--input", str(inputs), str(tmp_path / "*.avi"), "--output", str(out_dir))
 
     assert sorted(os.listdir(out_dir)) == ["clip.mp4", "img0.png", "img1.png"]
     for name in ("img0.png", "img1.png"):
         assert cv2.imread(str(out_dir / name)).shape == (96, 128, 3)
-    cap = cv2.VideoCapture(str(out_dir / "clip.mp4"))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
+    frames = count_frames(str(out_dir / "clip.mp4"))
     assert len(frames) == 4 and frames[0].shape == (96, 128, 3)
     assert "4 frames in" in log and "frames/s" in log  # progress/fps report
 
@@ -92,3 +106,98 @@ def test_demo_bad_input(weights, tmp_path):
            str(tmp_path / "missing.jpg")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "missing.jpg' does not exist" in proc.stderr
+
+
+def test_demo_detectron2_flags_skip_unreadable_file(weights, tmp_path):
+    """Detectron2's flags (--config-file as a model-zoo name, --video-input, --webcam with a stream
+    path, --opts KEY VALUE with MODEL.WEIGHTS / MODEL.DEVICE); a broken file is skipped, exit 1."""
+    from yolact_d2 import Predictor
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    image = fx.test_image(96, 128, seed=10)
+    cv2.imwrite(str(folder / "a.png"), image)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    cv2.imwrite(str(folder / "c.png"), fx.test_image(96, 128, seed=11))
+    write_video(str(tmp_path / "clip.avi"), 4, seed=20)
+    write_video(str(tmp_path / "stream.avi"), 3, seed=30)  # OpenCV opens a file path as it opens a stream URL
+    out_dir = tmp_path / "out"
+    proc = run_demo_raw(
+        "--config-file", "yolact/yolact_R_50_FPN_550.py", "--input", str(folder), "--video-input",
+        str(tmp_path / "clip.avi"), "--webcam", str(tmp_path / "stream.avi"), "--output", str(out_dir),
+        "--confidence-threshold", str(THRESH), "--max-frames", "3",
+        "--opts", "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", "model.input_size", str(fx.SMALL_INPUT),
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log
+    assert "broken.jpg" in proc.stderr and "1 of 5 inputs failed" in proc.stderr, log
+    assert sorted(os.listdir(out_dir)) == ["a.png", "c.png", "clip.mp4", "stream.mp4"]
+    assert len(count_frames(str(out_dir / "clip.mp4"))) == 3  # --max-frames
+    assert len(count_frames(str(out_dir / "stream.mp4"))) == 3
+    # the pairs were applied: same detections as the Predictor with these weights at this input size
+    from yolact_d2.tools.demo import describe
+
+    pred = Predictor(fx.R50_CONFIG, weights, device="cpu", opts=fx.SMALL_OPTS, score_threshold=THRESH)
+    ref = pred(image)
+    line = next(l for l in proc.stdout.splitlines() if l.startswith(str(folder / "a.png")))
+    assert len(ref) > 0 and f": {len(ref)} detections in " in line
+    assert line.endswith(describe(ref, pred.metadata.thing_classes)), line
+
+
+def test_demo_several_inputs_need_output_folder(tmp_path):
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), fx.test_image(32, 32, seed=i))
+    proc = run_demo_raw("--config-file", fx.R50_CONFIG, "--input", str(tmp_path / "*.png"),
+                        "--output", str(tmp_path / "drawn.png"), timeout=120)
+    assert proc.returncode != 0
+    assert "looks like a file name, but there are 2 inputs" in proc.stderr and "give a folder" in proc.stderr
+    assert not (tmp_path / "drawn.png").exists()
+
+
+def test_demo_opts_both_styles():
+    from yolact_d2.tools.demo import split_opts
+
+    overrides, arguments = split_opts(
+        ["model.input_size=160", "MODEL.WEIGHTS", "w.pth", "model.post_processor.top_k", "-1", "MODEL.DEVICE=cpu"]
+    )
+    assert overrides == ["model.input_size=160", "model.post_processor.top_k=-1"]
+    assert arguments == {"weights": "w.pth", "device": "cpu"}
+    with pytest.raises(SystemExit, match="'model.input_size' has no value"):
+        split_opts(["model.input_size"])
+
+
+def test_demo_bad_override_and_camera(tmp_path):
+    from yolact_d2.tools import demo
+
+    image = str(tmp_path / "in.png")
+    cv2.imwrite(image, fx.test_image(32, 32, seed=0))
+    with pytest.raises(SystemExit, match="input_size"):  # the close match is named
+        demo.main(["--config-file", fx.R50_CONFIG, "--input", image, "--opts", "model.input_sise", "160"])
+    with pytest.raises(demo.InputError, match="cannot open camera 97"):
+        demo.open_capture(demo.webcam_source("97"))
+    with pytest.raises(demo.InputError, match="cannot open the stream"):
+        demo.open_capture(demo.webcam_source(str(tmp_path / "no_such_stream.mjpg")))
+
+
+@pytest.mark.slow
+def test_demo_yolact_edge_video_keyframes(tmp_path):
+    """A YolactEdge video config runs videos through VideoPredictor: keyframes at frames 0, 3, 6 for
+    --keyframe-interval 3 (official rule frame_idx % N == 0), labelled in the drawing (red KEYFRAME,
+    white 'warped'), one output frame per input frame."""
+    vid_r18 = os.path.join(fx.REPO, "configs", "yolact_edge", "yolact_edge_vid_R_18_FPN_550.py")
+    opts = ["model.input_size=128"]
+    weights = fx.write_checkpoint(str(tmp_path / "edge.pth"), seed=0, config=vid_r18, opts=opts)
+    video = str(tmp_path / "clip.avi")
+    write_video(video, 7, seed=30)
+    out = str(tmp_path / "drawn.mp4")
+    proc = run_demo_raw("--config", vid_r18, "--weights", weights, "--device", "cpu", "--input", video,
+                        "--output", out, "--keyframe-interval", "3", "--opts", *opts)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    assert "3 keyframes (frames 0, 3, 6)" in log
+    assert "keyframe " in log and "warped " in log and "(2.0" not in log  # both kinds timed
+    frames = count_frames(out)
+    assert len(frames) == 7
+    label = [f[2:18, 2:110].astype(np.int32) for f in frames]
+    red = [int(((p[..., 2] > 150) & (p[..., 1] < 110)).sum()) for p in label]  # BGR: red text pixels
+    assert min(red[i] for i in (0, 3, 6)) > max(red[i] for i in (1, 2, 4, 5)) + 10, red
