@@ -3,9 +3,9 @@ from .checkpoint import CLASS_DEPENDENT_KEYS, YolactCheckpointer
 from .data import StreamDataset, StreamSampler, build_resumable_train_loader
 from .launch import launch, launch_cpu
 from .overrides import UnknownConfigKeyError, apply_overrides
-from .schedule import yolact_lr_multiplier
+from .schedule import use_config_lrs, yolact_lr_multiplier
 from .sync_bn import convert_sync_batchnorm
-from .trainer import NonFiniteLossError, YolactTrainer
+from .trainer import DivergenceSafeCheckpointer, NonFiniteLossError, YolactTrainer
 
 __all__ = [
     "CLASS_DEPENDENT_KEYS",
@@ -18,7 +18,9 @@ __all__ = [
     "UnknownConfigKeyError",
     "apply_overrides",
     "yolact_lr_multiplier",
+    "use_config_lrs",
     "convert_sync_batchnorm",
+    "DivergenceSafeCheckpointer",
     "NonFiniteLossError",
     "YolactTrainer",
 ]

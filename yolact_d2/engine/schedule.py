@@ -1,11 +1,14 @@
 """The official YOLACT learning-rate schedule as a Detectron2 ParamScheduler (an LR multiplier)."""
-from typing import Sequence
+import logging
+from typing import List, Sequence
 
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detectron2.solver import WarmupParamScheduler
 
-__all__ = ["yolact_lr_multiplier"]
+__all__ = ["yolact_lr_multiplier", "use_config_lrs"]
+
+logger = logging.getLogger(__name__)
 
 
 def yolact_lr_multiplier(
@@ -35,3 +38,13 @@ def yolact_lr_multiplier(
         warmup_length=min(warmup_until / max_iter, 1.0),
         warmup_method="linear",
     )
+
+
+def use_config_lrs(optimizer, lrs: List[float]) -> None:
+    """Set each param group's base learning rate (`initial_lr`, which Detectron2's LR scheduler
+    multiplies) back to `lrs` after `optimizer.load_state_dict` restored a checkpoint's. Logs a change."""
+    for i, (group, lr) in enumerate(zip(optimizer.param_groups, lrs)):
+        old = group.get("initial_lr", group["lr"])
+        if old != lr:
+            logger.info(f"Param group {i}: base learning rate {old:g} from the checkpoint -> {lr:g} from the config.")
+        group["initial_lr"] = group["lr"] = lr

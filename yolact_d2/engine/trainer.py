@@ -1,21 +1,29 @@
-"""Detectron2's SimpleTrainer with optional CUDA AMP and a NaN/inf loss guard."""
+"""Detectron2's SimpleTrainer with optional CUDA AMP and a divergence guard (non-finite predictions,
+losses or weights stop training, and no checkpoint of a diverged state survives)."""
 import logging
+import os
 import time
-from typing import Dict
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-from detectron2.engine import SimpleTrainer
+from detectron2.engine import SimpleTrainer, hooks
 from detectron2.utils import comm
 
-__all__ = ["YolactTrainer", "NonFiniteLossError"]
+__all__ = ["YolactTrainer", "NonFiniteLossError", "DivergenceSafeCheckpointer"]
 
 logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or inf; raised before the optimizer step, so the weights stay good."""
+    """A prediction, a loss term or (after the optimizer step) a weight became NaN or inf."""
+
+
+_ADVICE = (
+    "Lower the learning rate (optimizer.lr) or lengthen the warm-up (lr_multiplier.warmup_until), and "
+    "check the data for degenerate boxes; then continue from the last good checkpoint with --resume."
+)
 
 
 class YolactTrainer(SimpleTrainer):
@@ -23,13 +31,24 @@ class YolactTrainer(SimpleTrainer):
 
     - `amp=True`: torch.autocast + GradScaler on CUDA (Detectron2's AMPTrainer asserts CUDA; on CPU
       training stays fp32 and `amp` must be off);
-    - a NaN/inf guard checked on every worker *before* backward/step: training stops with
-      NonFiniteLossError naming the iteration and the loss term(s); no step is taken, and the
-      checkpoints on disk are the last good ones (checkpoints are only written by the periodic hook).
+    - a divergence guard: NaN/inf predictions (checked by the criterion before its losses) or loss
+      terms (checked on every worker before backward/step) stop training with NonFiniteLossError
+      naming the iteration and the tensor or loss term; no step is taken. Weights made non-finite by
+      the optimizer step stop it too, before the hooks (so before any checkpoint of that state). A
+      total loss above `explode_factor` x the run's first one is logged as a WARNING.
+    - `last_sane_iter`: the last iteration whose forward pass was finite and not exploded. The state
+      saved at iteration j (after step j) is known good only once forward j + 1 was sane;
+      DivergenceSafeCheckpointer withdraws the others when training stops on divergence.
     """
 
-    def __init__(self, model, data_loader, optimizer, amp: bool = False, grad_scaler=None):
+    def __init__(self, model, data_loader, optimizer, amp: bool = False, grad_scaler=None,
+                 explode_factor: float = 1e4):
         super().__init__(model, data_loader, optimizer)
+        self.explode_factor = explode_factor
+        self.diverged = False
+        self.last_sane_iter: Optional[int] = None
+        self._first_loss: Optional[float] = None
+        self._exploded = False
         self.amp = bool(amp)
         if self.amp:
             if not torch.cuda.is_available():
@@ -47,13 +66,41 @@ class YolactTrainer(SimpleTrainer):
         if bool((finite < 1).any()):
             bad = [k for k, ok in zip(names, finite.tolist()) if ok < 1]
             values = {k: float(v.detach()) for k, v in loss_dict.items()}
-            raise NonFiniteLossError(
+            self._stop(
                 f"Loss term(s) {', '.join(bad)} became NaN/inf at iteration {self.iter} "
-                f"(losses on this worker: {values}). Training stopped before the optimizer step; "
-                "the last checkpoint in the output directory is the last good one. Lower the learning "
-                "rate (optimizer.lr) or lengthen the warm-up (lr_multiplier.warmup_until), and check the "
-                "data for degenerate boxes."
+                f"(losses on this worker: {values}). Training stopped before the optimizer step."
             )
+
+    def _stop(self, message: str, cause: Optional[BaseException] = None):
+        self.diverged = True
+        raise NonFiniteLossError(f"{message} {_ADVICE}") from cause
+
+    def _note_loss(self, total: float) -> None:
+        """Track the last sane forward pass; warn (once per episode) when the loss explodes."""
+        if self._first_loss is None:
+            self._first_loss = total
+        exploded = self._first_loss > 0 and total > self.explode_factor * self._first_loss
+        if exploded and not self._exploded:
+            logger.warning(
+                f"DIVERGING: total loss {total:.4g} at iteration {self.iter} is more than "
+                f"{self.explode_factor:g}x its first value ({self._first_loss:.4g}). The learning rate "
+                f"is probably too high (optimizer.lr). Checkpoints from now on are withdrawn if training "
+                "then stops on NaN/inf."
+            )
+        self._exploded = exploded
+        if not exploded:
+            self.last_sane_iter = self.iter
+
+    def _check_finite_weights(self) -> None:
+        """After the step (identical on every worker under DDP, so no all-reduce is needed)."""
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not params or bool(torch.stack([torch.isfinite(p.detach()).all() for _, p in params]).all()):
+            return
+        bad = [n.replace("module.", "", 1) for n, p in params if not bool(torch.isfinite(p.detach()).all())]
+        self._stop(
+            f"The optimizer step at iteration {self.iter} made {len(bad)} weight(s) NaN/inf "
+            f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); this state is not checkpointed."
+        )
 
     def run_step(self):
         assert self.model.training, "[YolactTrainer] model was changed to eval mode!"
@@ -61,12 +108,16 @@ class YolactTrainer(SimpleTrainer):
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
-        with torch.autocast(device_type="cuda", enabled=self.amp):
-            loss_dict = self.model(data)
+        try:
+            with torch.autocast(device_type="cuda", enabled=self.amp):
+                loss_dict = self.model(data)
+        except FloatingPointError as e:  # the criterion's NonFinitePredictionError (NaN/inf outputs)
+            self._stop(f"At iteration {self.iter}: {e} Training stopped before the optimizer step.", e)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
         self._check_finite(loss_dict)
         losses = sum(loss_dict.values())
+        self._note_loss(float(losses.detach()))
 
         self.optimizer.zero_grad()
         if self.grad_scaler is not None:
@@ -79,6 +130,7 @@ class YolactTrainer(SimpleTrainer):
             self.grad_scaler.update()
         else:
             self.optimizer.step()
+        self._check_finite_weights()
 
     def state_dict(self):
         ret = super().state_dict()
@@ -90,3 +142,60 @@ class YolactTrainer(SimpleTrainer):
         super().load_state_dict(state_dict)
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+class DivergenceSafeCheckpointer(hooks.PeriodicCheckpointer):
+    """Detectron2's PeriodicCheckpointer hook that never leaves a diverged state as the checkpoint to
+    resume from: when a YolactTrainer stops with NonFiniteLossError, the checkpoints this run wrote
+    after its last sane forward pass are renamed `*.pth.diverged` (kept for inspection) and
+    `last_checkpoint` points to the newest good one, so `--resume` continues from a good state. (The
+    weights after the step that diverges are usually still finite, only huge: they show as NaN/inf
+    at the next forward pass, after that state was saved.)"""
+
+    def before_train(self):
+        super().before_train()
+        self._written: List[Tuple[int, str]] = []  # (iteration, path) of this run's checkpoints
+        cp = self.checkpointer
+        self._tag_before = os.path.basename(cp.get_checkpoint_file()) if cp.has_checkpoint() else None
+
+    def after_step(self):
+        iteration = self.trainer.iter
+        super().after_step()
+        names = []  # the files fvcore's step() writes at this iteration
+        if (iteration + 1) % self.period == 0:
+            names.append(f"{self.file_prefix}_{iteration:07d}.pth")
+        if self.max_iter is not None and iteration >= self.max_iter - 1:
+            names.append(f"{self.file_prefix}_final.pth")
+        self._written += [(iteration, os.path.join(self.checkpointer.save_dir, n)) for n in names]
+
+    def after_train(self):
+        if getattr(self.trainer, "diverged", False):
+            self._withdraw_diverged()
+        else:
+            super().after_train()
+
+    def _withdraw_diverged(self):
+        last_sane = self.trainer.last_sane_iter
+        start = self.trainer.start_iter
+        first_bad = last_sane if last_sane is not None else start - 1
+        good, withdrawn = None, []
+        for iteration, path in self._written:
+            if iteration >= first_bad:
+                if os.path.exists(path):
+                    os.replace(path, path + ".diverged")
+                    withdrawn.append(os.path.basename(path))
+            elif os.path.exists(path):
+                good = os.path.basename(path)
+        if not withdrawn:
+            return
+        save_dir = self.checkpointer.save_dir
+        if good is None and self._tag_before and os.path.exists(os.path.join(save_dir, self._tag_before)):
+            good = self._tag_before
+        if good is not None:
+            self.checkpointer.tag_last_checkpoint(good)
+        elif os.path.exists(os.path.join(save_dir, "last_checkpoint")):
+            os.remove(os.path.join(save_dir, "last_checkpoint"))
+        logger.warning(
+            f"Withdrew the checkpoint(s) of the diverged state ({', '.join(withdrawn)} -> *.diverged). "
+            + (f"--resume continues from {good}." if good else "No good checkpoint is left: --resume starts anew.")
+        )

@@ -22,19 +22,24 @@ import sys
 import torch  # noqa: E402
 
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks  # noqa: E402
 from detectron2.engine.defaults import create_ddp_model  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import yolact_d2  # noqa: E402,F401  (registers the meta-arch and backbones)
+from yolact_d2.data.checks import check_datasets  # noqa: E402
 from yolact_d2.engine import (  # noqa: E402
+    DivergenceSafeCheckpointer,
     YolactCheckpointer,
     YolactTrainer,
     apply_overrides,
     build_resumable_train_loader,
     convert_sync_batchnorm,
     launch,
+    use_config_lrs,
 )
 
 logger = logging.getLogger("detectron2")
@@ -96,7 +101,47 @@ class _DeferredTrainLoader:
         )
 
 
+def _training_meta(cfg) -> dict:
+    """Stored in every checkpoint beside the weights: the training set's class names (from its
+    MetadataCatalog entry), so that a Predictor elsewhere can name the classes."""
+    names = cfg.dataloader.train.dataset.get("names") if "train" in cfg.get("dataloader", {}) else None
+    for name in [names] if isinstance(names, str) else list(names or []):
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes:
+            return {"thing_classes": list(classes)}
+    return {}
+
+
+# Where ImageNet weights for each backbone come from (item 14: training from scratch by accident).
+_IMAGENET_HINTS = {
+    "build_yolact_resnet": "torchvision's resnet50-0676ba61.pth / resnet101-63fe2227.pth (or official YOLACT's "
+    "resnet50-19c8e357.pth / resnet101_reducedfc.pth)",
+    "build_deform_resnet": "torchvision's resnet50-0676ba61.pth / resnet101-63fe2227.pth (or official YOLACT's "
+    "resnet50-19c8e357.pth / resnet101_reducedfc.pth)",
+    "build_darknet53": "official YOLACT's darknet53.pth",
+}
+
+
+def warn_if_training_from_scratch(cfg, resuming: bool) -> None:
+    """A loud banner when the backbone starts from random weights without train.from_scratch_ok."""
+    if resuming or cfg.train.get("init_checkpoint") or cfg.train.get("from_scratch_ok", False):
+        return
+    target = cfg.model.backbone.get("bottom_up", {}).get("_target_", "the backbone")
+    name = getattr(target, "__name__", None) or str(target).rsplit(".", 1)[-1]
+    source = _IMAGENET_HINTS.get(name, "the ImageNet weights of this backbone")
+    rule = "=" * 100
+    logger.warning(
+        f"\n{rule}\nTRAINING FROM SCRATCH: train.init_checkpoint is empty, so the backbone ({name}) starts "
+        "from RANDOM weights.\nYOLACT is trained from ImageNet weights; from scratch it needs a much longer "
+        f"schedule and reaches a lower AP.\nFix: convert {source} once:\n"
+        "    python tools/convert_imagenet_backbone.py IMAGENET.pth imagenet_backbone.pth --config CONFIG\n"
+        "  then train with train.init_checkpoint=imagenet_backbone.pth.\n"
+        f"If training from scratch is intended, set train.from_scratch_ok=True to silence this.\n{rule}"
+    )
+
+
 def do_train(args, cfg):
+    check_datasets(cfg, splits=("train", "test"))  # class counts + every split's annotations, up front
     model = build_model(cfg)
     logger.info(f"Model:\n{model}")
     cfg.optimizer.params.model = model
@@ -109,24 +154,32 @@ def do_train(args, cfg):
     loader = _DeferredTrainLoader(cfg)
     trainer = YolactTrainer(ddp_model, loader, optimizer, amp=cfg.train.amp.enabled)
     loader.trainer = trainer
-    checkpointer = YolactCheckpointer(model, cfg.train.output_dir, optimizer=optimizer, trainer=trainer)
+    checkpointer = YolactCheckpointer(
+        model, cfg.train.output_dir, meta=_training_meta(cfg), optimizer=optimizer, trainer=trainer
+    )
     eval_period = cfg.train.get("eval_period", 0) or 0
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            DivergenceSafeCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             hooks.EvalHook(eval_period, lambda: do_test(cfg, model)),
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if comm.is_main_process()
             else None,
         ]
     )
+    config_lrs = [group["lr"] for group in optimizer.param_groups]
+    warn_if_training_from_scratch(cfg, resuming=args.resume and checkpointer.has_checkpoint())
+    # Resuming loads strictly; init_checkpoint fine-tunes (class layers may be re-initialised, logged).
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     if args.resume and checkpointer.has_checkpoint():
         # The checkpoint stores the iteration that just finished: continue at the next one.
         start_iter = trainer.iter + 1
         logger.info(f"Resuming from {checkpointer.get_checkpoint_file()} at iteration {start_iter}.")
+        # The optimizer state brought the checkpoint's learning rate back; the config's wins, so that
+        # a run stopped on divergence can continue with a lower optimizer.lr.
+        use_config_lrs(optimizer, config_lrs)
     else:
         start_iter = 0
     if start_iter >= cfg.train.max_iter:
@@ -137,9 +190,12 @@ def do_train(args, cfg):
 
 
 def do_eval_only(cfg):
+    check_datasets(cfg, splits=("test",))
     model = build_model(cfg)
     weights = cfg.train.init_checkpoint
-    checkpointer = YolactCheckpointer(model, cfg.train.output_dir)
+    # strict: evaluating weights that do not fit (a random or another-class-count checkpoint) is an
+    # error naming the keys, never an AP of 0 from a half-initialised model.
+    checkpointer = YolactCheckpointer(model, cfg.train.output_dir, strict=True)
     if not weights:
         if not checkpointer.has_checkpoint():
             raise FileNotFoundError(
@@ -157,6 +213,8 @@ def main(args):
     if cfg.train.get("num_threads"):
         torch.set_num_threads(int(cfg.train.num_threads))
     default_setup(cfg, args)
+    # Our own modules' messages (divergence, training health, checkpoints) go where Detectron2's do.
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="yolact_d2", abbrev_name="yolact_d2")
     if args.eval_only:
         return do_eval_only(cfg)
     return do_train(args, cfg)
@@ -179,6 +237,7 @@ def cli(argv=None):
 
 def run_cli(argv=None) -> int:
     """Console entry point: a typo in an override is one clear line, not a traceback."""
+    from yolact_d2.checkpoint import CheckpointFileError, WeightsMismatchError
     from yolact_d2.engine import UnknownConfigKeyError
 
     try:
@@ -186,6 +245,9 @@ def run_cli(argv=None) -> int:
     except UnknownConfigKeyError as e:
         print(f"train_net.py: error: {e}", file=sys.stderr)
         return 2
+    except (CheckpointFileError, WeightsMismatchError) as e:  # a weights file that is unsafe, unreadable or does not fit
+        print(f"train_net.py: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
