@@ -4,6 +4,9 @@ train = dict(
     # A checkpoint to start from (ImageNet backbone, official YOLACT weights converted with
     # tools/convert_yolact_weights.py, or a model of ours trained with another class count).
     init_checkpoint="",
+    # Empty init_checkpoint trains the backbone from random weights, which tools/train_net.py warns
+    # about loudly (see tools/convert_imagenet_backbone.py); True says it is intended (shapes configs).
+    from_scratch_ok=False,
     max_iter=800000,  # official yolact_base (batch 8)
     amp=dict(enabled=False),  # CUDA only
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),

@@ -44,6 +44,7 @@ lr_multiplier = L(yolact_lr_multiplier)(
 # Measured segm AP on shapes_val: 48.4 with 1000 iterations (steps 700/900), 61.8 with 1500
 # (steps 1200/1400); ~0.17 CPU-s an iteration on one core (+ one data worker).
 train.max_iter = 1200
+train.from_scratch_ok = True  # a small model trained from random weights on purpose
 train.device = "cpu"
 train.num_threads = 1  # + 1 data-loading worker: the two cores of a small CPU machine
 train.output_dir = "./output/yolact_shapes"

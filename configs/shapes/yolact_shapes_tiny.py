@@ -65,6 +65,7 @@ lr_multiplier = L(yolact_lr_multiplier)(
     base_lr=None, max_iter=None, steps=(15,), gamma=0.1, warmup_init=1e-4, warmup_until=5
 )
 train.max_iter = 20
+train.from_scratch_ok = True  # a small model trained from random weights on purpose
 train.device = "cpu"
 train.num_threads = 1
 train.output_dir = "./output/yolact_shapes_tiny"

@@ -50,7 +50,7 @@ def main(argv=None):
         torch.set_num_threads(int(cfg.train.num_threads))
     device = cfg.train.get("device", "cpu") if torch.cuda.is_available() else "cpu"
     model = instantiate(cfg.model).to(device).eval()
-    checkpointer = YolactCheckpointer(model, cfg.train.output_dir)
+    checkpointer = YolactCheckpointer(model, cfg.train.output_dir, strict=True)  # weights must fit exactly
     weights = args.weights
     if not weights:
         if not checkpointer.has_checkpoint():
