@@ -1,6 +1,8 @@
-"""Convert an official YOLACT checkpoint (github dbolya/yolact) into a yolact_d2 checkpoint.
+"""Convert an official YOLACT (github dbolya/yolact) or YolactEdge (github haotian-liu/yolact_edge)
+checkpoint into a yolact_d2 checkpoint.
 
     python tools/convert_yolact_weights.py yolact_base_54_800000.pth yolact_R_101_FPN_550.pth
+    python tools/convert_yolact_weights.py yolact_edge_vid_847_50000.pth yolact_edge_vid_R_101_FPN_550.pth
     python tools/convert_yolact_weights.py in.pth out.pth --config configs/yolact/yolact_R_101_FPN_400.py
 
 An ImageNet ResNet in torchvision's layout (official YOLACT's backbone initialisation, e.g.
@@ -10,7 +12,8 @@ resnet50-19c8e357.pth / resnet101_reducedfc.pth) converts to a backbone-only che
     python tools/convert_yolact_weights.py resnet101_reducedfc.pth r101_imagenet.pth \
         --config configs/yolact/yolact_R_101_FPN_550.py
 
-The variant (ResNet-50/101, DarkNet-53, YOLACT++) and class count are read from the checkpoint;
+The variant (ResNet-50/101, DarkNet-53, YOLACT++; YolactEdge image or video, ResNet or MobileNetV2;
+from keys such as fpn_phase_1, flow_net, spa) and class count are read from the checkpoint;
 the matching config (or --config) builds the model whose keys and shapes the conversion must fill
 exactly. Any unmapped, missing or extra key or wrong shape stops with a message. The output loads
 with `DetectionCheckpointer(model).load(path)`.
@@ -43,6 +46,7 @@ def main(argv=None) -> int:
         detect_variant,
         load_official_checkpoint,
     )
+    from yolact_d2.model_zoo import ConfigNotFoundError, resolve_config_file
     from yolact_d2.modeling import set_num_classes
 
     try:
@@ -59,9 +63,10 @@ def main(argv=None) -> int:
             info = {"plus": False, "backbone": "ImageNet resnet (backbone only)", "num_anchors": "-", "num_classes": "-"}
         else:
             info = detect_variant(official)
-        config = args.config or os.path.join(REPO, default_config_for(info))
-        if not os.path.exists(config):
-            raise ConversionError(f"config '{config}' does not exist; pass --config for this checkpoint.")
+        try:  # a file, or a model-zoo name (the checkout's configs/ or the installed copy)
+            config = resolve_config_file(args.config or default_config_for(info))
+        except ConfigNotFoundError as e:
+            raise ConversionError(f"{e} Pass --config for this checkpoint.") from None
         cfg = LazyConfig.load(config)
         if not backbone_only and cfg.model.num_classes != info["num_classes"]:
             print(f"note: checkpoint has {info['num_classes']} classes, config {cfg.model.num_classes}: using the checkpoint's")
@@ -84,7 +89,10 @@ def main(argv=None) -> int:
         print("variant: ImageNet ResNet (torchvision layout) -> backbone only, for train.init_checkpoint")
     else:
         backbone = info["backbone"] + (f"-{info['depth']}" if "depth" in info else "")
-        print(f"variant: {'YOLACT++' if info['plus'] else 'YOLACT'} {backbone}, {info['num_classes']} classes, "
+        family = "YOLACT++" if info["plus"] else "YOLACT"
+        if info.get("edge"):
+            family = "YolactEdge video" if info.get("video") else "YolactEdge"
+        print(f"variant: {family} {backbone}, {info['num_classes']} classes, "
               f"{info['num_anchors']} priors per location")
     print(f"config:  {os.path.relpath(config, REPO) if config.startswith(REPO) else config}")
     print(f"result:  {summary}")
