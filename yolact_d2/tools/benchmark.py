@@ -41,7 +41,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
-DEFAULT_CONFIG = os.path.join(REPO, "configs", "yolact", "yolact_R_50_FPN_550.py")
+DEFAULT_CONFIG = "yolact/yolact_R_50_FPN_550.py"  # model-zoo name: the checkout's configs/ or the installed copy
 MASK_RCNN_CONFIG = "common/models/mask_rcnn_fpn.py"
 STAGES = ("preprocess", "backbone", "fpn", "protonet_head", "fast_nms", "mask_assembly")
 
@@ -255,7 +255,7 @@ def build_official(root: str, config_name: str, weights: Optional[str], device: 
 # ---------------------------------------------------------------------------------- main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="yolact_d2 LazyConfig")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="yolact_d2 LazyConfig file or model-zoo name")
     p.add_argument("--weights", default=None, help="yolact_d2 or official checkpoint (default: seeded random init)")
     p.add_argument("--opts", nargs="*", default=[], help="LazyConfig overrides key=value")
     p.add_argument("--image", default=None, help="BGR image file (default: a seeded synthetic image)")
@@ -430,7 +430,10 @@ def print_run(run: Dict) -> None:
 
 
 def main(argv=None) -> int:
+    from yolact_d2.model_zoo import resolve_config_file
+
     args = parse_args(argv)
+    args.config = resolve_config_file(args.config)
     results = run_benchmark(args)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -20,14 +20,12 @@ import time
 import numpy as np
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-
 FORMATS = ("onnx", "torchscript", "torch_export")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="yolact_d2 LazyConfig file")
+    p.add_argument("--config", required=True, help="yolact_d2 LazyConfig file or model-zoo name")
     p.add_argument("--weights", default=None, help="checkpoint (yolact_d2 or official YOLACT); default: random init")
     p.add_argument("--output", required=True, help="file to write (.onnx / .ts / .pt2)")
     p.add_argument("--format", choices=FORMATS, default="onnx")
@@ -65,8 +63,9 @@ def main(argv=None) -> int:
     from yolact_d2.export.onnx import OnnxPredictor, export_onnx, outputs_to_instances
     from yolact_d2.export.optimize import fold_batch_norm
     from yolact_d2.export.torchscript import export_program, export_torchscript
+    from yolact_d2.model_zoo import resolve_config_file
 
-    predictor = Predictor(args.config, args.weights, device="cpu", opts=args.opts, optimize=False)
+    predictor = Predictor(resolve_config_file(args.config), args.weights, device="cpu", opts=args.opts, optimize=False)
     model = predictor.model
     fold_batch_norm(model)  # leaner graph; same results up to float rounding
     start = time.perf_counter()
