@@ -13,7 +13,7 @@ from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
 
 from yolact_d2.data.augmentations import YolactResize
-from yolact_d2.engine.schedule import yolact_lr_multiplier
+from yolact_d2.engine.schedule import linear_scaled_lr, yolact_lr_multiplier
 
 from ..common.data.shapes import dataloader  # registers shapes_train / shapes_val
 from ..common.optim import SGD as optimizer
@@ -32,11 +32,13 @@ dataloader.train.total_batch_size = 8
 dataloader.train.num_workers = 1
 
 # ------------------------------------------------------------------------------------- schedule
-optimizer.lr = 8e-3
+# lr = 1e-3 per image x batch 8 = 8e-3; steps at 3/4 and 11/12 of train.max_iter (900, 1100 of 1200).
+# Both follow overrides of dataloader.train.total_batch_size and train.max_iter.
+optimizer.lr = L(linear_scaled_lr)(lr_per_image=1e-3, total_batch_size="${dataloader.train.total_batch_size}")
 lr_multiplier = L(yolact_lr_multiplier)(
     base_lr=None,  # = optimizer.lr
     max_iter=None,  # = train.max_iter
-    steps=(900, 1100),
+    steps=(3 / 4, 11 / 12),
     gamma=0.1,
     warmup_init=1e-4,
     warmup_until=100,

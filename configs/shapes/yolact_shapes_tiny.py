@@ -16,7 +16,7 @@ from detectron2.evaluation import COCOEvaluator
 from yolact_d2.data import YolactDatasetMapper
 from yolact_d2.data.augmentations import YolactResize
 from yolact_d2.data.shapes import prepare_shapes, shapes_default_root
-from yolact_d2.engine.schedule import yolact_lr_multiplier
+from yolact_d2.engine.schedule import linear_scaled_lr, yolact_lr_multiplier
 from yolact_d2.modeling import set_head_width
 
 from .small_yolact import NUM_CLASSES, model
@@ -60,9 +60,10 @@ dataloader = dict(
     evaluator=L(COCOEvaluator)(dataset_name="shapes_tiny_val", tasks=("bbox", "segm"), use_fast_impl=False),
 )
 
-optimizer.lr = 5e-3
+# 1.25e-3 per image x batch 4 = 5e-3; the step at 3/4 of train.max_iter (15 of 20).
+optimizer.lr = L(linear_scaled_lr)(lr_per_image=1.25e-3, total_batch_size="${dataloader.train.total_batch_size}")
 lr_multiplier = L(yolact_lr_multiplier)(
-    base_lr=None, max_iter=None, steps=(15,), gamma=0.1, warmup_init=1e-4, warmup_until=5
+    base_lr=None, max_iter=None, steps=(3 / 4,), gamma=0.1, warmup_init=1e-4, warmup_until=5
 )
 train.max_iter = 20
 train.from_scratch_ok = True  # a small model trained from random weights on purpose

@@ -2,7 +2,7 @@
 from .checkpoint import CLASS_DEPENDENT_KEYS, YolactCheckpointer
 from .data import StreamDataset, StreamSampler, build_resumable_train_loader
 from .launch import launch, launch_cpu
-from .overrides import UnknownConfigKeyError, apply_overrides
+from .overrides import ConfigOverrideError, UnknownConfigKeyError, apply_overrides
 from .schedule import use_config_lrs, yolact_lr_multiplier
 from .sync_bn import convert_sync_batchnorm
 from .trainer import DivergenceSafeCheckpointer, NonFiniteLossError, YolactTrainer
@@ -15,6 +15,7 @@ __all__ = [
     "build_resumable_train_loader",
     "launch",
     "launch_cpu",
+    "ConfigOverrideError",
     "UnknownConfigKeyError",
     "apply_overrides",
     "yolact_lr_multiplier",

@@ -1,4 +1,5 @@
-"""The official YOLACT learning-rate schedule as a Detectron2 ParamScheduler (an LR multiplier)."""
+"""The official YOLACT learning-rate schedule as a Detectron2 ParamScheduler (an LR multiplier), with
+steps given as iterations or as fractions of max_iter, and the linear learning-rate scaling rule."""
 import logging
 from typing import List, Sequence
 
@@ -6,28 +7,61 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detectron2.solver import WarmupParamScheduler
 
-__all__ = ["yolact_lr_multiplier", "use_config_lrs"]
+__all__ = ["yolact_lr_multiplier", "resolve_steps", "linear_scaled_lr", "use_config_lrs"]
 
 logger = logging.getLogger(__name__)
+
+
+def linear_scaled_lr(lr_per_image: float, total_batch_size: int) -> float:
+    """Linear scaling rule (Goyal et al. 2017): lr = lr_per_image x total batch size. A config writes
+    `optimizer.lr = L(linear_scaled_lr)(lr_per_image=..., total_batch_size="${dataloader.train.total_batch_size}")`
+    (tools/train_net.py evaluates it when loading), so overriding the batch size moves the lr."""
+    if not lr_per_image > 0 or int(total_batch_size) <= 0:
+        raise ValueError(
+            f"linear_scaled_lr needs lr_per_image > 0 and total_batch_size > 0, got {lr_per_image} and {total_batch_size}"
+        )
+    return float(lr_per_image) * int(total_batch_size)
+
+
+def resolve_steps(steps: Sequence[float], max_iter: int) -> List[int]:
+    """LR steps as iterations: a number in (0, 1) is a fraction of max_iter (so the schedule follows
+    an override of train.max_iter), a whole number >= 1 an absolute iteration (the official COCO
+    configs). Steps at or past max_iter never happen and are dropped (logged)."""
+    resolved = []
+    for s in steps:
+        if 0 < s < 1:
+            resolved.append(int(round(s * max_iter)))
+        elif s >= 1 and float(s).is_integer():
+            resolved.append(int(s))
+        else:
+            raise ValueError(
+                f"lr_multiplier.steps: {s!r} is neither a fraction of train.max_iter in (0, 1) nor a whole "
+                f"iteration >= 1 (steps: {list(steps)})."
+            )
+    if resolved != sorted(resolved):
+        raise ValueError(f"lr_multiplier.steps must increase, got {list(steps)} (= iterations {resolved})")
+    dropped = [s for s in resolved if s >= max_iter]
+    if dropped:
+        logger.info(f"LR steps {dropped} are at or past max_iter={max_iter}: they do not happen.")
+    return [s for s in resolved if s < max_iter]
 
 
 def yolact_lr_multiplier(
     base_lr: float,
     max_iter: int,
-    steps: Sequence[int] = (),
+    steps: Sequence[float] = (),
     gamma: float = 0.1,
     warmup_init: float = 1e-4,
     warmup_until: int = 500,
 ):
     """Official train.py: lr rises linearly from `warmup_init` to `base_lr` over iterations
-    0..warmup_until, then is multiplied by `gamma` at each iteration in `steps` (lr_steps).
+    0..warmup_until, then is multiplied by `gamma` at each iteration in `steps` (lr_steps; iterations
+    or fractions of max_iter, see resolve_steps).
 
     Detectron2's linear warm-up factor f(a) = w (1 - a) + a with a = iter / warmup_until equals the
     official (lr - init) * a + init when w = init / lr.
     """
-    steps = [int(s) for s in steps if int(s) < max_iter]
-    if steps != sorted(steps):
-        raise ValueError(f"lr_multiplier.steps must increase, got {list(steps)}")
+    steps = resolve_steps(steps, max_iter)
     values = [gamma**i for i in range(len(steps) + 1)]
     scheduler = MultiStepParamScheduler(values=values, milestones=steps, num_updates=max_iter)
     if warmup_until <= 0:

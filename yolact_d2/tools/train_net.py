@@ -20,6 +20,7 @@ import sys
 
 
 import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
@@ -53,6 +54,10 @@ def load_config(config_file, overrides):
     for key in ("model", "train"):
         if key not in cfg:
             raise KeyError(f"Config '{config_file}' defines no '{key}' (see configs/common/).")
+    optimizer = cfg.get("optimizer")
+    if optimizer is not None and isinstance(optimizer.get("lr"), DictConfig) and "_target_" in optimizer.lr:
+        # A computed learning rate (e.g. linear_scaled_lr of the batch size): a number from here on.
+        optimizer.lr = instantiate(optimizer.lr)
     lr = cfg.get("lr_multiplier")
     if lr is not None:
         # The schedule's base_lr / max_iter follow optimizer.lr / train.max_iter unless set explicitly.
@@ -220,8 +225,23 @@ def main(args):
     return do_train(args, cfg)
 
 
+def parse_args(argv=None):
+    """Detectron2's argument parser, plus flags written after the overrides: its `opts` take the rest
+    of the command line (argparse.REMAINDER), so `X train.max_iter=5 --resume` would make `--resume`
+    an override. Such flags (and their values) are parsed as flags; the key=value words stay overrides."""
+    parser = default_argument_parser()
+    args = parser.parse_args(argv)
+    if not any(word.startswith("-") for word in args.opts):
+        return args
+    overrides = [w for w in args.opts if "=" in w and not w.startswith("-")]
+    flags = [w for w in args.opts if w not in overrides]
+    late = parser.parse_args(flags, namespace=args)  # unknown flags: argparse's usual error
+    late.opts = overrides + late.opts  # words that are neither stay, for the key=value error
+    return late
+
+
 def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    args = parse_args(argv)
     # Load once in the parent: bad overrides fail here, and the device picks the launcher.
     cfg = load_config(args.config_file, args.opts)
     launch(
@@ -238,11 +258,11 @@ def cli(argv=None):
 def run_cli(argv=None) -> int:
     """Console entry point: a typo in an override is one clear line, not a traceback."""
     from yolact_d2.checkpoint import CheckpointFileError, WeightsMismatchError
-    from yolact_d2.engine import UnknownConfigKeyError
+    from yolact_d2.engine import ConfigOverrideError, UnknownConfigKeyError
 
     try:
         cli(argv)
-    except UnknownConfigKeyError as e:
+    except (UnknownConfigKeyError, ConfigOverrideError) as e:
         print(f"train_net.py: error: {e}", file=sys.stderr)
         return 2
     except (CheckpointFileError, WeightsMismatchError) as e:  # a weights file that is unsafe, unreadable or does not fit
