@@ -110,7 +110,7 @@ def load_weights(model: nn.Module, path: str) -> Dict:
 # ---------------------------------------------------------------------------------- metadata
 def _metadata_for(cfg, num_classes: int, checkpoint_classes: Optional[Sequence[str]] = None) -> Metadata:
     """Class names for drawing: those stored in the checkpoint (its training set's), else the
-    config's test dataset, else COCO for 80 classes, else numbers."""
+    config's test (then train) datasets, else COCO for 80 classes, else numbers."""
     if checkpoint_classes is not None and len(checkpoint_classes) == num_classes:
         return Metadata(name="yolact_d2_checkpoint", thing_classes=[str(c) for c in checkpoint_classes])
     if checkpoint_classes is not None:
@@ -118,12 +118,13 @@ def _metadata_for(cfg, num_classes: int, checkpoint_classes: Optional[Sequence[s
             "Predictor: the checkpoint names %d classes but the model has %d; not using its names.",
             len(checkpoint_classes), num_classes,
         )
-    names = None
-    try:
-        names = cfg.dataloader.test.dataset.names
-    except Exception:  # noqa: BLE001 - configs without a dataloader (model-only files)
-        names = None
-    candidates = [names] if isinstance(names, str) else list(names or [])
+    candidates = []
+    for split in ("test", "train"):  # registration puts the class names in the metadata
+        try:
+            names = cfg.dataloader[split].dataset.names
+        except Exception:  # noqa: BLE001 - configs without a dataloader (model-only files)
+            names = None
+        candidates += [names] if isinstance(names, str) else list(names or [])
     if num_classes == 80:
         candidates.append("coco_2017_val")  # Detectron2's built-in COCO metadata
     for name in candidates:
