@@ -58,10 +58,29 @@ step "detectron2 (python-only v0.6 wheel from pb1-detectron2)" "d2_ok" \
   "'$PY' scripts/build_detectron2_wheel.py '$SDIST' '$WHEELS' && pip_q --force-reinstall --no-deps '$WHEELS'/detectron2-$D2_VERSION-py3-none-any.whl && pip_q '$WHEELS'/detectron2-$D2_VERSION-py3-none-any.whl"
 step "dependencies (requirements.txt)" "grep -qx '$REQ_HASH' '$VENV/.yolact_d2_requirements'" \
   "pip_q -r requirements.txt && echo '$REQ_HASH' > '$VENV/.yolact_d2_requirements'"
-# The extension compiles CUDA kernels whenever nvcc is present (no GPU needed to build).
+# The extension compiles CUDA kernels whenever nvcc is present (no GPU needed to build). A toolkit
+# whose CUDA major version differs from torch's, or a CUDA build that fails, gives CPU kernels:
+# setup.py says why in its "[yolact_d2]" lines, shown here (pip -q would hide them); the whole
+# build log is kept in $VENV/yolact_d2_build.log.
 export MAX_JOBS=${MAX_JOBS:-2}
+BUILD_LOG=$VENV/yolact_d2_build.log
+install_yolact_d2() {
+  local rc=0
+  "$PY" -m pip install -v --disable-pip-version-check --no-build-isolation --no-deps -e . >"$BUILD_LOG" 2>&1 || rc=$?
+  grep -o '\[yolact_d2\].*' "$BUILD_LOG" | awk '!seen[$0]++' || true
+  if [ "$rc" -ne 0 ]; then
+    tail -n 40 "$BUILD_LOG"
+    echo "[setup] building yolact_d2 failed (exit $rc); full log: $BUILD_LOG" >&2
+    return "$rc"
+  fi
+  echo "$EXT_HASH" > "$VENV/.yolact_d2_extension"
+}
 step "yolact_d2 (editable) + C++/CUDA extension" \
   "grep -qx '$EXT_HASH' '$VENV/.yolact_d2_extension' && ls yolact_d2/_C*.so && has_modules yolact_d2" \
-  "pip_q --no-build-isolation --no-deps -e . && echo '$EXT_HASH' > '$VENV/.yolact_d2_extension'"
-"$PY" -W ignore::FutureWarning -c "import detectron2, yolact_d2; print('[setup] detectron2', detectron2.__version__, '| yolact_d2', yolact_d2.__version__)"
+  "install_yolact_d2"
+"$PY" -W ignore::FutureWarning -c "
+import detectron2, yolact_d2
+from yolact_d2.layers import backend_info
+kernels = sorted({k.split('-')[0] for ops in backend_info().values() for k in ops.values() if k.endswith('-kernel')})
+print('[setup] detectron2', detectron2.__version__, '| yolact_d2', yolact_d2.__version__, '| compiled kernels:', '+'.join(kernels) or 'none (pure-PyTorch ops)')"
 echo "[setup] finished in $((SECONDS - T_ALL)) s"
