@@ -24,7 +24,7 @@ import urllib.request
 
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 # Bump the local build number whenever the fixes change: set-up then rebuilds the wheel.
-VERSION = "0.6+nocsrc.2"
+VERSION = "0.6+nocsrc.3"
 # Upstream v0.6 setup.py's install_requires (black only matters for LazyConfig.save).
 REQUIRES = [
     "Pillow>=7.1",
@@ -137,6 +137,20 @@ FILE_FIXES = [
     (
         "detectron2/data/common.py",
         [("self._rng.sample(self._fallback_candidates, k=1)", "self._rng.sample(sorted(self._fallback_candidates), k=1)")],
+    ),
+    # nms_rotated calls its op through torch.ops.detectron2, which only the compiled _C registers:
+    # without it that is a bare AttributeError. Go through the stub, whose ImportError names the op.
+    (
+        "detectron2/layers/nms.py",
+        [
+            (
+                "    return torch.ops.detectron2.nms_rotated(boxes, scores, iou_threshold)\n",
+                "    from detectron2 import _C\n\n"
+                "    if not hasattr(torch.ops.detectron2, \"nms_rotated\"):  # no compiled op library\n"
+                "        return _C.nms_rotated(boxes, scores, iou_threshold)  # the stub's named ImportError\n"
+                "    return torch.ops.detectron2.nms_rotated(boxes, scores, iou_threshold)\n",
+            )
+        ],
     ),
 ]
 

@@ -64,6 +64,20 @@ def test_missing_compiled_op_raises_named_import_error():
         pairwise_iou_rotated(torch.zeros(1, 5), torch.zeros(1, 5))
 
 
+@pytest.mark.skipif(not _is_python_only_build(), reason="detectron2 with a compiled _C is installed")
+def test_nms_rotated_without_compiled_op_raises_named_import_error():
+    """v0.6 calls torch.ops.detectron2.nms_rotated, which only the compiled _C registers (a bare
+    AttributeError before the wheel's patch); batched_nms_rotated goes through it too."""
+    from detectron2.layers import batched_nms_rotated, nms_rotated
+
+    boxes = torch.tensor([[10.0, 10.0, 4.0, 4.0, 0.0], [11.0, 10.0, 4.0, 4.0, 30.0]])
+    scores = torch.tensor([0.9, 0.8])
+    with pytest.raises(ImportError, match="nms_rotated"):
+        nms_rotated(boxes, scores, 0.5)
+    with pytest.raises(ImportError, match="nms_rotated"):
+        batched_nms_rotated(boxes, scores, torch.tensor([0, 0]), 0.5)
+
+
 def test_v06_fixes_for_current_stack():
     """Pillow >= 10 (no Image.LINEAR), numpy 2 (no np.int) paths run."""
     from detectron2.data import transforms as T
