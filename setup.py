@@ -159,7 +159,11 @@ def _build_ext_with_cpu_fallback():
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
                 log(f"the CUDA build failed ({type(e).__name__}: {reason[:300]}): building the CPU kernels "
                     "only (the CUDA ops use the pure-PyTorch path). Set YOLACT_D2_REQUIRE_CUDA=1 to stop here instead.")
-                self.extensions = [_cpu_extension()]
+                # the same Extension object, now CPU-only: setuptools keeps private state on it
+                for ext in self.extensions:
+                    if getattr(ext, "yolact_d2_cuda", False):
+                        ext.__dict__.update({k: v for k, v in vars(_cpu_extension()).items() if not k.startswith("_")})
+                        ext.yolact_d2_cuda = False
                 super().build_extensions()
 
     return BuildExtWithCpuFallback.with_options(use_ninja=True)
