@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.config import configurable
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.backbone import Backbone
@@ -13,6 +14,7 @@ from detectron2.structures import ImageList, Instances
 from yolact_d2.compat import image_list_from_tensors
 from yolact_d2.modeling.inference import YolactPostProcessor, decode_boxes
 from yolact_d2.modeling.priors import YolactPriorGenerator
+from yolact_d2.modeling.yacs_build import yolact_kwargs_from_cfg
 
 # Official YOLACT normalisation (data/config.py MEANS / STD), BGR order.
 YOLACT_PIXEL_MEAN = (103.94, 116.78, 123.68)
@@ -53,8 +55,12 @@ class Yolact(nn.Module):
             inference the final score = class score x predicted IoU of that class; in training it
             is handed to the criterion as predictions["maskiou_net"].
         proto_feature / head_features: FPN feature names for the protonet and the head.
+
+    yacs users: `Yolact(cfg)` / `build_model(cfg)` after yolact_d2.add_yolact_config(cfg)
+    (see `from_config`); LazyConfig files call the keyword constructor.
     """
 
+    @configurable
     def __init__(
         self,
         *,
@@ -127,6 +133,11 @@ class Yolact(nn.Module):
         )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        """Keyword arguments from a yacs config (yolact_d2/config.py keys; modeling/yacs_build.py)."""
+        return yolact_kwargs_from_cfg(cfg)
 
     @property
     def device(self) -> torch.device:
@@ -221,6 +232,11 @@ class Yolact(nn.Module):
         for d in batched_inputs:
             if "instances" not in d:
                 raise ValueError("Yolact: training inputs need 'instances' (from YolactDatasetMapper).")
+            if not d["instances"].has("gt_masks"):
+                raise ValueError(
+                    "Yolact: training instances have no gt_masks; with Detectron2's DatasetMapper set "
+                    "MODEL.MASK_ON=True (yacs), or use YolactDatasetMapper."
+                )
             crowd = d.get("crowd_boxes")
             if crowd is None:
                 crowd = torch.zeros((0, 4))
