@@ -1,7 +1,7 @@
 """check_datasets through tools/train_net.py, on a real 2-class COCO json (a generated shapes set with
 two kinds): a class-count mismatch with the model and a bad validation annotation stop the run
-before the first iteration, with the dataset, the counts and the fix named; --eval-only checks the
-test split; a matching 2-class config trains."""
+before the first iteration, with the dataset, the counts and the fix named; so does a train json
+without annotations; --eval-only checks the test split; a matching 2-class config trains."""
 import json
 import os
 import subprocess
@@ -48,13 +48,17 @@ def two_class(tmp_path_factory):
     ann = coco["annotations"][1]
     image = next(img for img in coco["images"] if img["id"] == ann["image_id"])
     where = f"image {image['file_name']!r} (image_id={image['id']}), annotation id={ann['id']}"
-    return dict(root=root, paths=paths, bad_val=str(bad_val), bad_where=where)
+    with open(paths["train"][0]) as f:
+        unlabelled = dict(json.load(f), annotations=[])
+    empty_train = root / "empty_train.json"
+    empty_train.write_text(json.dumps(unlabelled))
+    return dict(root=root, paths=paths, bad_val=str(bad_val), bad_where=where, empty_train=str(empty_train))
 
 
-def write_config(two_class, name, extra="", val_json=None):
-    (train_json, train_images), (good_val, val_images) = two_class["paths"]["train"], two_class["paths"]["val"]
+def write_config(two_class, name, extra="", val_json=None, train_json=None):
+    (good_train, train_images), (good_val, val_images) = two_class["paths"]["train"], two_class["paths"]["val"]
     path = two_class["root"] / f"{name}.py"
-    path.write_text(CONFIG.format(tiny=TINY, train_json=train_json, train_images=train_images,
+    path.write_text(CONFIG.format(tiny=TINY, train_json=train_json or good_train, train_images=train_images,
                                   val_json=val_json or good_val, val_images=val_images, extra=extra))
     return str(path)
 
@@ -84,6 +88,14 @@ def test_bad_validation_json_stops_before_training(two_class, tmp_path):
     assert (f"{two_class['bad_val']!r}: {two_class['bad_where']}: category_id 9 is not in the "
             "dataset's categories") in proc.stderr
     assert not (tmp_path / "metrics.json").exists() and not list(tmp_path.glob("model_*.pth"))
+
+
+def test_train_json_without_annotations_is_named(two_class, tmp_path):
+    """Before: a bare AssertionError from Detectron2 ("No valid data found in two_train")."""
+    proc = train_net(write_config(two_class, "empty", MATCHING, train_json=two_class["empty_train"]), tmp_path)
+    assert proc.returncode != 0
+    assert (f"Dataset 'two_train' (dataloader.train.dataset.names, {two_class['empty_train']}) has no "
+            "(non-crowd) annotations: a set without annotations cannot train YOLACT") in proc.stderr
 
 
 def test_eval_only_checks_the_test_split(two_class, tmp_path):

@@ -193,6 +193,9 @@ def test_corrupt_image_file(shapes, tmp_path):
     ([[10, 10, 20, 10]], "2 points; a polygon needs at least 3"),
     (None, "no 'segmentation'"),
     ({"size": [32, 32], "counts": "abc"}, r"RLE size \[32, 32\] does not match"),
+    # Detectron2's loader hands compressed RLE on as bytes; pycocotools would decode these into garbage.
+    ({"size": [64, 64], "counts": b"zzzz"}, r"corrupt RLE: .*not a valid compressed RLE string"),
+    ({"size": [64, 64], "counts": b"P1"}, r"corrupt RLE: its run lengths cover 32 pixels, but its size 64x64 has 4096"),  # P: 0 + more, 1: 1 << 5
 ])
 def test_invalid_masks(shapes, segmentation, message):
     ann = _ann([10, 10, 20, 20], ann_id=1234)
@@ -201,6 +204,41 @@ def test_invalid_masks(shapes, segmentation, message):
     name = os.path.basename(d["file_name"])
     with pytest.raises(AnnotationError, match=rf"{name}.*annotation id=1234.*{message}"):
         YolactDatasetMapper(True, [YolactResize(64)], num_classes=NUM_CLASSES)(d)
+
+
+def test_image_size_differs_from_the_annotations(shapes):
+    d = _dict_with(shapes, shapes["dicts"][0]["annotations"], height=60)
+    name = os.path.basename(d["file_name"])
+    for is_train in (True, False):
+        with pytest.raises(ImageReadError, match=rf"{name}.*is 64x64 \(height x width\) but its annotations "
+                                                  r"say height=60, width=64"):
+            YolactDatasetMapper(is_train, [YolactResize(64)])(d)
+
+
+def _runs_brute_force(mask):
+    """Alternating run lengths (zeros first) of a mask in column-major order: the RLE definition."""
+    flat = mask.flatten(order="F")
+    runs, value, n = [], 0, 0
+    for v in flat:
+        if v == value:
+            n += 1
+        else:
+            runs.append(n)
+            value, n = v, 1
+    return runs + [n]
+
+
+def test_compressed_rle_run_lengths_match_the_mask():
+    from yolact_d2.data.mapper import _compressed_run_lengths
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        h, w = rng.integers(1, 80, size=2)
+        mask = (rng.random((h, w)) < rng.choice([0.02, 0.5, 0.98])).astype(np.uint8)
+        if trial % 3 == 0:  # long runs: multi-group and negative-delta encodings
+            mask[:, : w // 2] = trial % 2
+        counts = mask_util.encode(np.asfortranarray(mask))["counts"].decode()
+        assert _compressed_run_lengths(counts) == _runs_brute_force(mask)
 
 
 def test_category_not_in_dataset(shapes):
