@@ -17,22 +17,22 @@ SMALL_OPTS = [f"model.input_size={SMALL_INPUT}"]
 LOGIT_WEIGHT_SCALE = 0.05
 
 
-def build_model(opts=SMALL_OPTS, num_classes=None):
+def build_model(opts=SMALL_OPTS, num_classes=None, config=R50_CONFIG):
     from detectron2.config import LazyConfig, instantiate
 
     from yolact_d2.modeling import set_num_classes
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(R50_CONFIG), list(opts))
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config), list(opts))
     if num_classes is not None:
         set_num_classes(cfg.model, num_classes)
     return instantiate(cfg.model).eval()
 
 
 @torch.no_grad()
-def seeded_state_dict(seed=0, num_classes=None, confident_classes=(0, 2, 17)):
-    """State dict of the R50 model: seeded weights, random BN stats, biased class logits."""
+def seeded_state_dict(seed=0, num_classes=None, confident_classes=(0, 2, 17), config=R50_CONFIG, opts=SMALL_OPTS):
+    """State dict of the model (default R50): seeded weights, random BN stats, biased class logits."""
     torch.manual_seed(seed)
-    model = build_model(num_classes=num_classes)
+    model = build_model(opts, num_classes=num_classes, config=config)
     g = torch.Generator().manual_seed(seed)
     for name, buf in list(model.named_buffers()) + list(model.named_parameters()):
         if ".norm." not in name:
@@ -57,8 +57,8 @@ def seeded_state_dict(seed=0, num_classes=None, confident_classes=(0, 2, 17)):
     return model.state_dict()
 
 
-def write_checkpoint(path, seed=0, num_classes=None):
-    torch.save({"model": seeded_state_dict(seed, num_classes)}, path)
+def write_checkpoint(path, seed=0, num_classes=None, config=R50_CONFIG, opts=SMALL_OPTS):
+    torch.save({"model": seeded_state_dict(seed, num_classes, config=config, opts=opts)}, path)
     return path
 
 

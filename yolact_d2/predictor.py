@@ -27,7 +27,7 @@ from yolact_d2.checkpoint.mismatch import StateDictDiff, WeightsMismatchError
 from yolact_d2.checkpoint.safe_load import checkpoint_meta, load_checkpoint_file, model_state_from
 from yolact_d2.export.optimize import optimize_for_inference
 
-__all__ = ["Predictor", "load_model_config", "load_weights", "WeightsMismatchError"]
+__all__ = ["Predictor", "VideoPredictor", "load_model_config", "load_weights", "WeightsMismatchError"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +136,8 @@ def _metadata_for(cfg, num_classes: int, checkpoint_classes: Optional[Sequence[s
 
 
 # ---------------------------------------------------------------------------------- images
-def _check_image(image, index: Optional[int] = None) -> np.ndarray:
-    where = "image" if index is None else f"image {index}"
+def _check_image(image, index: Optional[int] = None, what: str = "Predictor: image") -> np.ndarray:
+    where = what if index is None else f"{what} {index}"
     if not isinstance(image, np.ndarray):
         hint = ""
         if isinstance(image, torch.Tensor):
@@ -145,16 +145,16 @@ def _check_image(image, index: Optional[int] = None) -> np.ndarray:
         elif type(image).__module__.startswith("PIL"):
             hint = " For a PIL image use np.asarray(img.convert('RGB'))[:, :, ::-1] (RGB -> BGR)."
         raise TypeError(
-            f"Predictor: {where} must be a numpy array (H, W, 3) uint8 in BGR order as cv2.imread "
+            f"{where} must be a numpy array (H, W, 3) uint8 in BGR order as cv2.imread "
             f"returns, got {type(image).__name__}.{hint}"
         )
     if image.ndim == 2:
         raise ValueError(
-            f"Predictor: {where} is grayscale {image.shape}; it needs 3 channels (H, W, 3) BGR: "
+            f"{where} is grayscale {image.shape}; it needs 3 channels (H, W, 3) BGR: "
             "use cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)."
         )
     if image.ndim != 3:
-        raise ValueError(f"Predictor: {where} must have shape (H, W, 3), got {image.shape}.")
+        raise ValueError(f"{where} must have shape (H, W, 3), got {image.shape}.")
     if image.shape[2] != 3:
         if image.shape[2] == 4:
             hint = " It looks like BGRA: use cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)."
@@ -164,14 +164,14 @@ def _check_image(image, index: Optional[int] = None) -> np.ndarray:
             hint = " Use cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)."
         else:
             hint = ""
-        raise ValueError(f"Predictor: {where} has {image.shape[2]} channels (shape {image.shape}); expected 3 (BGR).{hint}")
+        raise ValueError(f"{where} has {image.shape[2]} channels (shape {image.shape}); expected 3 (BGR).{hint}")
     if image.dtype != np.uint8:
         raise TypeError(
-            f"Predictor: {where} has dtype {image.dtype}; expected uint8 values 0..255. For a float image "
+            f"{where} has dtype {image.dtype}; expected uint8 values 0..255. For a float image "
             "in [0, 1] use (image * 255).round().astype(np.uint8)."
         )
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"Predictor: {where} is empty (shape {image.shape}).")
+        raise ValueError(f"{where} is empty (shape {image.shape}).")
     return image
 
 
@@ -221,6 +221,7 @@ class Predictor:
         model = instantiate(model_cfg)
         if not isinstance(model, nn.Module):
             raise TypeError(f"Predictor: the config's model instantiates to {type(model).__name__}, not a torch module.")
+        self._check_model(model)
         meta = {}
         if weights is None:
             logger.warning("Predictor: no weights given; the model keeps its random initialisation.")
@@ -234,6 +235,9 @@ class Predictor:
         self.model = model
         self.input_format = getattr(model, "input_format", "BGR")
         self.metadata = _metadata_for(self.cfg, int(getattr(model, "num_classes", 0)), meta.get("thing_classes"))
+
+    def _check_model(self, model: nn.Module) -> None:
+        """Hook for subclasses: reject a model they cannot run, before any weights are read."""
 
     def _to_input(self, image: np.ndarray) -> Dict:
         if self.input_format == "RGB":
@@ -257,3 +261,176 @@ class Predictor:
                 outputs = self.model(inputs)
         results: List[Instances] = [o["instances"] for o in outputs]
         return results[0] if single else results
+
+
+# ---------------------------------------------------------------------------------- video
+class VideoPredictor(Predictor):
+    """YolactEdge on a video stream: the full network on keyframes, warped features in between.
+
+        vp = VideoPredictor("configs/yolact_edge/yolact_edge_vid_R_50_FPN_550.py", "edge_vid_r50.pth")
+        for frame in frames:              # BGR uint8 (H, W, 3), in order
+            instances = vp(frame)         # keyframe every `keyframe_interval` frames, else warped
+            print(vp.last_was_keyframe)
+
+    The video counterpart of `Predictor` (same config / weights / device / optimize / opts
+    arguments and checks). It keeps the last keyframe's state between calls; YolactEdge always
+    warps from the last keyframe, not from the previous frame.
+
+    Args:
+        keyframe_interval: official schedule: frames 0, N, 2N, ... after a (re)start are keyframes
+            (official eval.py uses 5). 1 runs the full network on every frame.
+        adaptive: None (the fixed interval), or an `AdaptiveKeyframes` / its keyword dict: a
+            warped frame whose predicted motion or warp residual passes the thresholds is run
+            again as a keyframe, and gaps may grow up to `max_interval` (see keyframe_schedule).
+    Call:
+        vp(frame) -> Instances; vp(frame, keyframe=True) forces a full pass; vp(frame,
+        keyframe=False) forces a warped pass (a ValueError if there is no keyframe yet or the
+        frame size changed). A frame of another size than the keyframe's starts a new keyframe.
+        vp.reset() forgets the keyframe (call it between videos).
+    After each call: `last_was_keyframe`, `last_reason` (why a keyframe was taken, None for
+    warped frames), `last_measures` (adaptive: motion / residual of the warped pass),
+    `frame_index` (frames since reset) and `num_keyframes`.
+    """
+
+    def __init__(
+        self,
+        config,
+        weights: Optional[str] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        *,
+        keyframe_interval: int = 5,
+        optimize: bool = True,
+        score_threshold: Optional[float] = None,
+        opts: Sequence[str] = (),
+        adaptive=None,
+        fp16: bool = False,
+    ):
+        self._set_schedule(keyframe_interval, adaptive)  # bad arguments fail before the model is built
+        super().__init__(
+            config, weights, device, score_threshold=score_threshold, opts=opts, optimize=optimize, fp16=fp16
+        )
+        self.reset()
+
+    @classmethod
+    def from_predictor(cls, predictor: Predictor, *, keyframe_interval: int = 5, adaptive=None) -> "VideoPredictor":
+        """A VideoPredictor on `predictor`'s model (shared: no second build or weight load); the
+        demo uses it when the config turns out to be a video model."""
+        vp = cls.__new__(cls)
+        vp.__dict__.update(predictor.__dict__)
+        vp._check_model(vp.model)
+        vp._set_schedule(keyframe_interval, adaptive)
+        vp.reset()
+        return vp
+
+    def _set_schedule(self, keyframe_interval: int, adaptive) -> None:
+        from yolact_d2.keyframe_schedule import as_adaptive
+
+        if isinstance(keyframe_interval, bool) or int(keyframe_interval) != keyframe_interval or keyframe_interval < 1:
+            raise ValueError(f"VideoPredictor: keyframe_interval must be an integer >= 1, got {keyframe_interval!r}.")
+        self.keyframe_interval = int(keyframe_interval)
+        self.adaptive = as_adaptive(adaptive)
+
+    def _check_model(self, model: nn.Module) -> None:
+        if not getattr(model, "is_video_model", False):
+            raise ValueError(
+                f"VideoPredictor: the config's model ({type(model).__name__}) is not a YolactEdge video model "
+                "(it has no flow net to warp keyframe features). Use a video config such as "
+                "configs/yolact_edge/yolact_edge_vid_R_50_FPN_550.py, or Predictor for single images."
+            )
+
+    def reset(self) -> None:
+        """Forget the keyframe: the next frame is a keyframe."""
+        self.state = None
+        self.frame_index = 0
+        self.num_keyframes = 0
+        self._since_keyframe = 0  # warped frames since the last keyframe
+        self.last_was_keyframe = False
+        self.last_reason: Optional[str] = None
+        self.last_measures: Dict[str, float] = {}
+
+    @property
+    def max_gap(self) -> int:
+        """Frames from one keyframe to the next at most (the interval, or the adaptive cap)."""
+        if self.adaptive is None:
+            return self.keyframe_interval
+        cap = self.adaptive.max_interval
+        return int(cap) if cap is not None else 2 * self.keyframe_interval
+
+    def _keyframe_reason(self, size, keyframe: Optional[bool]) -> Optional[str]:
+        """Why this frame must be a keyframe (None: warp it), before running anything."""
+        if keyframe is True:
+            return "forced"
+        if keyframe is False:
+            if self.state is None:
+                raise ValueError(
+                    "VideoPredictor: keyframe=False asks for a warped pass but there is no keyframe yet "
+                    "(first frame or after reset()); call vp(frame) or vp(frame, keyframe=True) first."
+                )
+            if size != tuple(self.state.image_size):
+                raise ValueError(
+                    f"VideoPredictor: keyframe=False, but this frame is {size[0]}x{size[1]} and the keyframe was "
+                    f"{self.state.image_size[0]}x{self.state.image_size[1]}; features cannot be warped across "
+                    "frame sizes: take a keyframe (keyframe=None or True)."
+                )
+            return None
+        if keyframe is not None:
+            raise TypeError(f"VideoPredictor: keyframe must be None, True or False, got {keyframe!r}.")
+        if self.state is None:
+            return "first frame"
+        if size != tuple(self.state.image_size):
+            return f"frame size {size[0]}x{size[1]} != keyframe's {self.state.image_size[0]}x{self.state.image_size[1]}"
+        if self._since_keyframe + 1 >= self.max_gap:
+            return f"interval {self.max_gap}"
+        return None
+
+    def _warped(self, inputs: List[Dict], measure: bool):
+        """Warped pass from the stored keyframe; with `measure`, also its motion / residual, read
+        from the flow net's own inputs and finest inference flow by a forward hook (no extra work)."""
+        from yolact_d2.keyframe_schedule import warp_measures
+
+        seen: Dict[str, tuple] = {}
+        hook = None
+        if measure:
+            hook = self.model.flow_net.register_forward_hook(
+                lambda module, args, out: seen.update(args=args, out=out)
+            )
+        try:
+            outputs, _ = self.model.inference_video(inputs, self.state, keyframe=False)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if not measure:
+            return outputs, {}
+        current, keyframe = seen["args"][:2]  # reduced C3 laterals: this frame, the keyframe
+        flow = seen["out"][-1][0]  # the finest prediction run at inference (1/2 scale, warps P4)
+        return outputs, warp_measures(current, keyframe, flow, self.state.input_size)
+
+    def __call__(self, frame: ImageLike, keyframe: Optional[bool] = None) -> Instances:
+        if isinstance(frame, (list, tuple)):
+            raise TypeError(
+                "VideoPredictor: give one frame per call, in video order (a list of frames is not a video "
+                "here); use Predictor for a batch of independent images."
+            )
+        frame = _check_image(frame, what="VideoPredictor: frame")
+        size = tuple(frame.shape[:2])
+        reason = self._keyframe_reason(size, keyframe)
+        inputs = [self._to_input(frame)]
+        measures: Dict[str, float] = {}
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            outputs = None
+            if reason is None:
+                adaptive = self.adaptive is not None and keyframe is None
+                outputs, measures = self._warped(inputs, measure=adaptive)
+                if adaptive:
+                    reason = self.adaptive.reason(measures)  # unreliable warp: redo as a keyframe
+            if reason is not None:
+                outputs, self.state = self.model.inference_video(inputs, None, keyframe=True)
+        self.last_was_keyframe = reason is not None
+        self.last_reason, self.last_measures = reason, measures
+        if self.last_was_keyframe:
+            self.num_keyframes += 1
+            self._since_keyframe = 0
+        else:
+            self._since_keyframe += 1
+        self.frame_index += 1
+        return outputs[0]["instances"]
