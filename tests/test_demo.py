@@ -183,21 +183,25 @@ def test_demo_bad_override_and_camera(tmp_path):
 def test_demo_yolact_edge_video_keyframes(tmp_path):
     """A YolactEdge video config runs videos through VideoPredictor: keyframes at frames 0, 3, 6 for
     --keyframe-interval 3 (official rule frame_idx % N == 0), labelled in the drawing (red KEYFRAME,
-    white 'warped'), one output frame per input frame."""
+    white 'warped'), one output frame per input frame. (Threshold 0.9: no detection is drawn over the label.)"""
     vid_r18 = os.path.join(fx.REPO, "configs", "yolact_edge", "yolact_edge_vid_R_18_FPN_550.py")
     opts = ["model.input_size=128"]
     weights = fx.write_checkpoint(str(tmp_path / "edge.pth"), seed=0, config=vid_r18, opts=opts)
     video = str(tmp_path / "clip.avi")
-    write_video(video, 7, seed=30)
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (128, 96))
+    for i in range(7):  # a plain background (no red under the label) and one moving disc
+        frame = np.full((96, 128, 3), (90, 110, 130), np.uint8)
+        writer.write(cv2.circle(frame, (40 + 4 * i, 60), 18, (40, 200, 60), -1))
+    writer.release()
     out = str(tmp_path / "drawn.mp4")
     proc = run_demo_raw("--config", vid_r18, "--weights", weights, "--device", "cpu", "--input", video,
-                        "--output", out, "--keyframe-interval", "3", "--opts", *opts)
+                        "--output", out, "--keyframe-interval", "3", "--confidence-threshold", "0.9", "--opts", *opts)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
     assert "3 keyframes (frames 0, 3, 6)" in log
     assert "keyframe " in log and "warped " in log and "(2.0" not in log  # both kinds timed
     frames = count_frames(out)
     assert len(frames) == 7
-    label = [f[2:18, 2:110].astype(np.int32) for f in frames]
+    label = [f[2:16, 2:100].astype(np.int32) for f in frames]
     red = [int(((p[..., 2] > 150) & (p[..., 1] < 110)).sum()) for p in label]  # BGR: red text pixels
     assert min(red[i] for i in (0, 3, 6)) > max(red[i] for i in (1, 2, 4, 5)) + 10, red

@@ -286,8 +286,10 @@ def mark_frame(drawn: np.ndarray, is_key: bool, seconds: float) -> None:
 
     text = f"{'KEYFRAME' if is_key else 'warped'} {1 / max(seconds, 1e-9):.1f} fps"
     color = (0, 0, 255) if is_key else (255, 255, 255)
-    cv2.putText(drawn, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(drawn, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
+    scale = max(0.35, min(drawn.shape[:2]) / 800)  # readable on 128 px test clips and on 1080p
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(drawn, (0, 0), (w + 6, h + base + 6), (0, 0, 0), -1)  # dark box: readable on any frame
+    cv2.putText(drawn, text, (3, h + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
 
 
 def video_summary(keyframes: List[int], frame_times: dict) -> str:
