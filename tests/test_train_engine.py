@@ -214,3 +214,169 @@ def test_convert_sync_batchnorm_cpu_keeps_state_and_frozen_bn():
     assert type(net[1]) is NaiveSyncBatchNorm and type(net[2][0]) is NaiveSyncBatchNorm
     assert type(net[3]) is FrozenBatchNorm2d
     assert torch.allclose(net(x), ref)
+
+
+# ---------------------------------------------------------------------------------- override types
+def test_override_of_the_wrong_type_names_key_value_and_type():
+    from yolact_d2.engine import ConfigOverrideError
+
+    def config():
+        cfg = LazyConfig.load(os.path.join(REPO, "configs/shapes/small_yolact.py"))
+        cfg.train = {"max_iter": 10, "device": "cpu", "sync_bn": False}
+        return cfg
+
+    cases = {
+        "train.max_iter=ten": r"train.max_iter must be an integer \(it is 10 in the config\), got the str 'ten'",
+        "train.max_iter=1e3": r"train.max_iter must be an integer .* got the float 1000.0",
+        "train.sync_bn=1": r"train.sync_bn must be true or false",
+        # a constructor default not written in the config is checked against the default's type
+        "model.criterion.masks_to_train=many": r"model.criterion.masks_to_train must be an integer \(it is 100",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigOverrideError, match=message):
+            apply_overrides(config(), [override])
+    cfg = apply_overrides(config(), ["train.max_iter=12", "train.device=cuda", "model.criterion.box_weight=2"])
+    assert cfg.train.max_iter == 12 and cfg.model.criterion.box_weight == 2
+
+
+# ---------------------------------------------------------------------------------- lr and steps
+def test_steps_as_fractions_follow_max_iter_and_absolute_steps_stay():
+    from yolact_d2.engine.schedule import linear_scaled_lr, resolve_steps
+
+    assert resolve_steps((3 / 4, 11 / 12), 1200) == [900, 1100]  # the main job's schedule
+    assert resolve_steps((3 / 4, 11 / 12), 600) == [450, 550]
+    assert resolve_steps((280000, 600000, 700000, 750000), 800000) == [280000, 600000, 700000, 750000]
+    assert resolve_steps((280000, 600000), 300000) == [280000]  # past max_iter: never happens
+    with pytest.raises(ValueError, match=r"1.5 is neither a fraction"):
+        resolve_steps((1.5,), 100)
+    with pytest.raises(ValueError, match="must increase"):
+        resolve_steps((0.9, 0.5), 100)
+    assert linear_scaled_lr(1e-3, 8) == 8e-3 and linear_scaled_lr(1.25e-4, 8) == 1e-3
+    # The fractional schedule equals the absolute one it stands for, at every iteration.
+    frac = yolact_lr_multiplier(8e-3, 1200, (3 / 4, 11 / 12), 0.1, 1e-4, 100)
+    absolute = yolact_lr_multiplier(8e-3, 1200, (900, 1100), 0.1, 1e-4, 100)
+    assert all(frac(i / 1200) == absolute(i / 1200) for i in range(1200))
+
+
+def test_shapes_config_resolves_to_the_same_lr_and_steps(tmp_path, monkeypatch):
+    from yolact_d2.engine.schedule import resolve_steps
+    from yolact_d2.tools.train_net import load_config
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))  # the config generates the shapes set
+    cfg = load_config(os.path.join(REPO, "configs/shapes/yolact_shapes.py"), [])
+    assert cfg.optimizer.lr == 8e-3 and cfg.lr_multiplier.base_lr == 8e-3
+    assert resolve_steps(cfg.lr_multiplier.steps, cfg.lr_multiplier.max_iter) == [900, 1100]
+    cfg = load_config(os.path.join(REPO, "configs/shapes/yolact_shapes.py"),
+                      ["dataloader.train.total_batch_size=2", "train.max_iter=400"])
+    assert cfg.optimizer.lr == 2e-3
+    assert resolve_steps(cfg.lr_multiplier.steps, cfg.lr_multiplier.max_iter) == [300, 367]
+
+
+# ---------------------------------------------------------------------------------- divergence
+class _ScriptedLossModel(nn.Module):
+    """loss_box = |w|^2 (falls under SGD), loss_mask = a constant (stuck), times `scale[i]` at call i."""
+
+    def __init__(self, scales=()):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+        self.scales = dict(scales)
+        self.calls = 0
+
+    def forward(self, batch):
+        s = self.scales.get(self.calls, 1.0)
+        self.calls += 1
+        return {"loss_box": (self.w**2).sum() * s, "loss_mask": torch.tensor(5.0) + 0 * self.w.sum()}
+
+
+def test_a_step_that_makes_weights_non_finite_stops_before_the_hooks():
+    model = _ToyLossModel()
+    with torch.no_grad():
+        model.w.fill_(10.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1e38)  # 10 - 1e38 * 21 overflows float32 to -inf
+    trainer = YolactTrainer(model, [[{}]] * 10, opt)
+    with pytest.raises(NonFiniteLossError, match=r"step at iteration 0 made 1 weight\(s\) NaN/inf \(w\)"):
+        trainer.train(0, 3)
+    assert trainer.diverged
+
+
+def test_diverged_checkpoints_are_withdrawn_and_the_last_good_one_tagged(tmp_path, caplog):
+    from detectron2.engine import hooks
+
+    from yolact_d2.engine import DivergenceSafeCheckpointer
+
+    # Forwards 0..3 fine, forward 4 NaN: the state saved after step 3 is the diverged one.
+    model = _ScriptedLossModel({4: float("nan")})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    trainer = YolactTrainer(model, [[{}]] * 100, opt)
+    ckpt = YolactCheckpointer(model, str(tmp_path), trainer=trainer)
+    trainer.register_hooks([DivergenceSafeCheckpointer(ckpt, period=2)])
+    with pytest.raises(NonFiniteLossError, match="loss_box became NaN/inf at iteration 4"):
+        trainer.train(0, 10)
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint", "model_0000001.pth", "model_0000003.pth.diverged"
+    ]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+
+    # An exploding (finite) loss: a loud warning, and the checkpoints after it count as diverged too.
+    model = _ScriptedLossModel({3: 1e5, 4: 1e5, 5: float("inf")})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    out = tmp_path / "explode"
+    trainer = YolactTrainer(model, [[{}]] * 100, opt)
+    ckpt = YolactCheckpointer(model, str(out), trainer=trainer)
+    trainer.register_hooks([DivergenceSafeCheckpointer(ckpt, period=1)])
+    with pytest.raises(NonFiniteLossError):
+        trainer.train(0, 10)
+    assert "total loss" in caplog.text and "iteration 3 is more than 10000x its first value" in caplog.text
+    assert trainer.last_sane_iter == 2
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert sorted(f for f in os.listdir(out) if f.endswith(".diverged")) == [
+        f"model_000000{i}.pth.diverged" for i in (2, 3, 4)
+    ]
+    # a hooks.PeriodicCheckpointer would have left model_0000004.pth as the one to resume from
+    assert issubclass(DivergenceSafeCheckpointer, hooks.PeriodicCheckpointer)
+
+
+# ---------------------------------------------------------------------------------- health
+def test_dead_prototypes_warning_with_hand_set_dead_channels(caplog):
+    import itertools
+
+    from detectron2.data.detection_utils import annotations_to_instances
+
+    from yolact_d2.engine import TrainingHealthHook
+
+    torch.manual_seed(0)
+    model = instantiate(_small_model_cfg().model)
+    # 3 of the 4 prototype channels get a bias no input can overcome: exactly 0 after the ReLU.
+    with torch.no_grad():
+        model.protonet.proto_pred.bias.copy_(torch.tensor([-1e6, 1e6, -1e6, -1e6]))
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    inst = annotations_to_instances([{"bbox": [8, 8, 40, 40], "bbox_mode": 0, "category_id": 1,
+                                      "segmentation": [[8, 8, 40, 8, 40, 40, 8, 40]]}], (64, 64), mask_format="bitmask")
+    batch = [{"image": image, "instances": inst, "height": 64, "width": 64}] * 2
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights (and the dead channels) stay
+    trainer = YolactTrainer(model, itertools.repeat(batch), opt)
+    hook = TrainingHealthHook(model.protonet, lr=8e-3, total_batch_size=8, period=2, dead_fraction=0.7, patience=2)
+    trainer.register_hooks([hook])
+    with caplog.at_level("WARNING"):
+        trainer.train(0, 4)
+    dead = trainer.storage.history("proto_dead_fraction").values()
+    assert [(v, it) for v, it in dead] == [(0.75, 0), (0.75, 2)]
+    assert "Dead prototypes: 75% of the prototypes are exactly 0" in caplog.text
+    assert "optimizer.lr=0.008 is too high for this data at total batch size 8. Try optimizer.lr=0.002" in caplog.text
+
+
+def test_stuck_mask_loss_warning_only_when_box_loss_falls(caplog):
+    from yolact_d2.engine import TrainingHealthHook
+
+    def run(model, lr):
+        trainer = YolactTrainer(model, [[{}]] * 100, torch.optim.SGD(model.parameters(), lr=lr))
+        trainer.register_hooks([TrainingHealthHook(None, lr=lr, total_batch_size=4, period=2, stuck_after=0.3)])
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            trainer.train(0, 20)
+        return caplog.text
+
+    # loss_mask constant 5, loss_box = |w|^2 shrinking by (1 - 2 lr)^2 each step: warned at 30%.
+    assert "Mask loss stuck: 5 at iteration 6, within 2% of its start 5" in run(_ScriptedLossModel(), 0.1)
+    # With lr 0 the box loss does not fall either: no mask-loss warning (nothing is learned at all).
+    assert "Mask loss stuck" not in run(_ScriptedLossModel(), 0.0)

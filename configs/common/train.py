@@ -13,6 +13,8 @@ train = dict(
     checkpointer=dict(period=10000, max_to_keep=5),
     eval_period=10000,  # 0 disables periodic evaluation (the final one still runs)
     log_period=20,
+    # Dead-prototype / stuck-mask-loss warnings (yolact_d2/engine/health.py), checked every `period` its.
+    health=dict(period=20, dead_fraction=0.9),
     device="cuda",
     seed=0,  # seeds the data stream (order and augmentation) and all RNGs
     sync_bn=False,  # BatchNorm2d -> SyncBatchNorm (CUDA) / NaiveSyncBatchNorm (CPU)

@@ -1,6 +1,7 @@
 """Training helpers on top of Detectron2's engine (used by tools/train_net.py)."""
 from .checkpoint import CLASS_DEPENDENT_KEYS, YolactCheckpointer
 from .data import StreamDataset, StreamSampler, build_resumable_train_loader
+from .health import TrainingHealthHook
 from .launch import launch, launch_cpu
 from .overrides import ConfigOverrideError, UnknownConfigKeyError, apply_overrides
 from .schedule import use_config_lrs, yolact_lr_multiplier
@@ -13,6 +14,7 @@ __all__ = [
     "StreamDataset",
     "StreamSampler",
     "build_resumable_train_loader",
+    "TrainingHealthHook",
     "launch",
     "launch_cpu",
     "ConfigOverrideError",

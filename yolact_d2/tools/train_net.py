@@ -34,6 +34,7 @@ import yolact_d2  # noqa: E402,F401  (registers the meta-arch and backbones)
 from yolact_d2.data.checks import check_datasets  # noqa: E402
 from yolact_d2.engine import (  # noqa: E402
     DivergenceSafeCheckpointer,
+    TrainingHealthHook,
     YolactCheckpointer,
     YolactTrainer,
     apply_overrides,
@@ -167,6 +168,12 @@ def do_train(args, cfg):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            TrainingHealthHook(
+                getattr(model, "protonet", None),
+                lr=cfg.optimizer.lr,
+                total_batch_size=cfg.dataloader.train.total_batch_size,
+                **cfg.train.get("health", {}),
+            ),
             DivergenceSafeCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
             hooks.EvalHook(eval_period, lambda: do_test(cfg, model)),
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
