@@ -1,5 +1,5 @@
 """Data: SSD augmentation as Detectron2 Augmentations, the YOLACT dataset mapper, the synthetic
-shapes dataset and COCO-format dataset registration."""
+shapes dataset, COCO-format dataset registration, the train loader and the pre-training checks."""
 from .augmentations import (
     YOLACT_MEAN_BGR,
     InstanceAugInput,
@@ -9,7 +9,9 @@ from .augmentations import (
     YolactResize,
     build_ssd_augmentation,
 )
+from .checks import DatasetCheckError, check_datasets
 from .datasets import check_coco_json, register_coco_dataset
+from .loaders import build_yolact_train_loader
 from .mapper import AnnotationError, ImageReadError, YolactDatasetMapper
 from .shapes import generate_shapes_dataset, prepare_shapes, register_shapes
 
@@ -21,8 +23,11 @@ __all__ = [
     "RandomSampleCrop",
     "YolactResize",
     "build_ssd_augmentation",
+    "DatasetCheckError",
+    "check_datasets",
     "check_coco_json",
     "register_coco_dataset",
+    "build_yolact_train_loader",
     "AnnotationError",
     "ImageReadError",
     "YolactDatasetMapper",

@@ -11,20 +11,19 @@ A custom COCO-format dataset: one line per split in your experiment config, e.g.
 and set dataloader.train.mapper.num_classes (and the model's class count) to its category count.
 """
 from detectron2.config import LazyCall as L
-from detectron2.data import (
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
 from yolact_d2.data import YolactDatasetMapper, build_ssd_augmentation
 from yolact_d2.data.datasets import register_coco_dataset  # noqa: F401 (for the one-line recipe)
+from yolact_d2.data.loaders import build_yolact_train_loader
 
 dataloader = OmegaConf.create()
 
-dataloader.train = L(build_detection_train_loader)(
+# Detectron2's train loader, without its None-retry that breaks on Python >= 3.11 (the mapper skips
+# images left without instances); tools/train_net.py uses only dataset / mapper / batch / workers.
+dataloader.train = L(build_yolact_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=True),
     mapper=L(YolactDatasetMapper)(
         is_train=True,
