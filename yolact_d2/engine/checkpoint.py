@@ -46,10 +46,11 @@ def _atomic_write(path: str, write_fn) -> None:
 
 
 def _group_by_module(keys: Sequence[str], depth: int = 3) -> str:
-    """'backbone.lateral_convs.0.weight', ... -> 'backbone.lateral_convs (6)': a short summary."""
+    """'backbone.lateral_convs.0.weight', 'head.cls_score.bias', ... -> 'backbone.lateral_convs.0 (2),
+    head.cls_score (2)': modules (up to `depth` levels) with their key counts."""
     groups: Dict[str, int] = defaultdict(int)
     for k in keys:
-        groups[".".join(k.split(".")[:depth])] += 1
+        groups[".".join(k.split(".")[:-1][:depth]) or k] += 1
     return ", ".join(f"{g} ({n})" for g, n in sorted(groups.items()))
 
 
@@ -173,8 +174,9 @@ class YolactCheckpointer(DetectionCheckpointer):
         incompatible = super()._load_model(checkpoint)
         model_shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         if self._strict_now:
+            wrong = {k for k, _, _ in incompatible.incorrect_shapes}  # fvcore also lists these as missing
             StateDictDiff(
-                missing={k: model_shapes[k] for k in incompatible.missing_keys},
+                missing={k: model_shapes[k] for k in incompatible.missing_keys if k not in wrong},
                 unexpected={k: got_shapes.get(k) for k in incompatible.unexpected_keys},
                 wrong=[(k, tuple(a), tuple(b)) for k, a, b in incompatible.incorrect_shapes],
             ).raise_if_mismatch(source)
@@ -191,10 +193,13 @@ class YolactCheckpointer(DetectionCheckpointer):
                 "prototypes, anchors) matches the one the checkpoint was trained with."
             )
         skipped = {k for k, _, _ in incompatible.incorrect_shapes}
-        loaded = [k for k in model_shapes if k not in skipped and k not in set(incompatible.missing_keys)]
+        # BatchNorm's step counter is filled in by torch itself when a checkpoint lacks it: not counted.
+        counted = [k for k in model_shapes if not k.endswith("num_batches_tracked")]
+        missing = set(incompatible.missing_keys)
+        loaded = [k for k in counted if k not in skipped and k not in missing]
         if not loaded:
             raise ValueError(
-                f"The checkpoint '{source}' fills none of the model's {len(model_shapes)} parameters and "
+                f"The checkpoint '{source}' fills none of the model's {len(counted)} parameters and "
                 "buffers (no key matches): it is not a checkpoint of this model, its backbone or an "
                 "ImageNet file converted with tools/convert_imagenet_backbone.py. Model keys look like "
                 f"'{next(iter(model_shapes), '')}'."
@@ -211,7 +216,7 @@ class YolactCheckpointer(DetectionCheckpointer):
             )
         if incompatible.missing_keys:
             self.logger.warning(
-                f"Fine-tuning from '{source}': it filled {len(loaded)} of the model's {len(model_shapes)} "
+                f"Fine-tuning from '{source}': it filled {len(loaded)} of the model's {len(counted)} "
                 f"keys; {len(incompatible.missing_keys)} keep their fresh initialisation: "
                 + _group_by_module(incompatible.missing_keys)
             )
