@@ -1,8 +1,12 @@
 """tools/benchmark.py: the stage-by-stage runner reproduces the model's inference, and a --quick
-run produces consistent numbers (positive medians, ratios = time quotients, pinned threads)."""
+run produces consistent numbers (positive medians, ratios = time quotients, pinned threads).
+YolactEdge: its keyframe / non-keyframe stages reproduce inference_video exactly, and a --quick
+run's stage times add up, its interval mean is the keyframe/non-keyframe mix, its keyframe finds
+what YOLACT finds on the same weights."""
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +84,71 @@ def test_official_contender(bm, tmp_path):
              "--official-root", os.environ["YOLACT_OFFICIAL_ROOT"], "--json", out])
     run = json.load(open(out))["runs"][0]
     assert run["contenders"]["official YOLACT"]["ms"] > 0
+
+
+VID_R18 = os.path.join(fx.REPO, "configs", "yolact_edge", "yolact_edge_vid_R_18_FPN_550.py")
+
+
+@pytest.fixture(scope="module")
+def edge_weights(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("edge") / "edge_vid_r18.pth")
+    return fx.write_checkpoint(path, seed=0, config=VID_R18, opts=["model.input_size=128"])
+
+
+def test_edge_stages_reproduce_inference_video(edge_weights):
+    """YolactEdge stage by stage gives exactly the model's inference_video: a keyframe, then the
+    shifted image warped from that keyframe's state."""
+    from yolact_d2 import VideoPredictor
+    from yolact_d2.tools import benchmark_edge as be
+
+    vp = VideoPredictor(VID_R18, edge_weights, device="cpu", opts=["model.input_size=128"])
+    image = fx.test_image(96, 128, seed=4)
+    moved = be.shifted(image)
+    assert np.array_equal(moved[4:, 6:], image[:-4, :-6])  # (dy, dx) = (4, 6) camera motion
+    key_in, moved_in = [vp._to_input(image)], [vp._to_input(moved)]
+    stages = be.EdgeStages(vp.model, key_in, moved_in)
+    with torch.inference_mode():
+        for s in be.KEYFRAME_STAGES:
+            getattr(stages, "key_" + s)()
+        for s in be.WARPED_STAGES:
+            getattr(stages, "warped_" + s)()
+        want_key, state = vp.model.inference_video(key_in, None, keyframe=True)
+        want_warped, _ = vp.model.inference_video(moved_in, state, keyframe=False)
+    for got, want in ((stages.cache["key_results"], want_key), (stages.cache["results"], want_warped)):
+        got, want = got[0]["instances"], want[0]["instances"]
+        assert len(got) == len(want) > 0
+        for field in ("pred_classes", "scores", "pred_masks"):
+            assert torch.equal(getattr(got, field), getattr(want, field))
+        assert torch.equal(got.pred_boxes.tensor, want.pred_boxes.tensor)
+
+
+@pytest.mark.slow
+def test_edge_quick_run_numbers(bm, edge_weights, tmp_path):
+    out = str(tmp_path / "edge.json")
+    before = torch.get_num_threads()
+    try:
+        assert bm.main(["--config", VID_R18, "--weights", edge_weights, "--quick", "--threads", "1",
+                        "--json", out]) == 0
+    finally:
+        torch.set_num_threads(before)
+    (run,) = json.load(open(out))["runs"]
+    assert run["yolact_edge"] and run["batch"] == 1 and run["keyframe_interval"] == 5
+    c = run["contenders"]
+    assert set(c) == {"YOLACT (same backbone)", "YolactEdge keyframe", "YolactEdge non-keyframe",
+                      "YolactEdge mean at interval 5"}
+    key, warped, mean = c["YolactEdge keyframe"], c["YolactEdge non-keyframe"], c["YolactEdge mean at interval 5"]
+    for k in ("ms", "min_ms", "cpu_ms"):
+        assert mean[k] == pytest.approx((key[k] + 4 * warped[k]) / 5, abs=0.01)
+        for r in c.values():
+            assert r[k] > 0
+            assert r["over_yolact" + {"ms": "", "min_ms": "_min", "cpu_ms": "_cpu"}[k]] == pytest.approx(
+                r[k] / c["YOLACT (same backbone)"][k], rel=1e-3)
+    # the keyframe is YOLACT on the same weights: same detections; the stage runner agrees with both kinds
+    assert key["detections_first_image"] == c["YOLACT (same backbone)"]["detections_first_image"] > 0
+    assert run["stage_detections"] == {"keyframe": key["detections_first_image"],
+                                       "non-keyframe": warped["detections_first_image"]}
+    for kind, names in (("keyframe", ["preprocess", "backbone", "fpn_phase1", "rest"]),
+                        ("non-keyframe", ["preprocess", "partial_backbone", "flow", "warp", "rest"])):
+        stages = run["stages_ms"][kind]
+        assert list(stages) == names + ["sum"] and all(stages[s] > 0 for s in names)
+        assert stages["sum"] == pytest.approx(sum(stages[s] for s in names), abs=0.05)

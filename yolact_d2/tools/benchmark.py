@@ -20,6 +20,13 @@ input size and runs in eval mode under inference_mode / no_grad:
 * official YOLACT (dbolya/yolact), when --official-root points at a checkout: FastBaseTransform,
   Yolact forward (Fast NMS), postprocess with crop at the image size, as its eval.py does.
 
+With a YolactEdge video config (configs/yolact_edge/yolact_edge_vid_*.py) the run is batch 1 and
+times keyframes and non-keyframes stage by stage (partial backbone, flow, warp, the rest), the
+mean per frame at --keyframe-interval, and our YOLACT on the same backbone and weights, round robin
+(see yolact_d2/tools/benchmark_edge.py):
+
+    python tools/benchmark.py --config configs/yolact_edge/yolact_edge_vid_R_50_FPN_550.py --iters 7
+
 Timing: --warmup runs, then --iters rounds; in each round every contender runs once in turn (so a
 busy machine slows all of them alike); the median is reported, and the best round (min) too, the
 steadier figure on a machine shared with other jobs. torch.set_num_threads is pinned to
@@ -274,6 +281,10 @@ def parse_args(argv=None):
     p.add_argument("--official-weights", default=None, help="official .pth (default: its random init)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--keyframe-interval", type=int, default=5,
+                   help="YolactEdge video configs: report the mean per frame at this keyframe interval")
+    p.add_argument("--yolact-config", nargs="+", default=[], metavar="CONFIG",
+                   help="YolactEdge video configs: also time these YOLACT configs (seeded weights, same --opts)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 192x192 network input, 96x128 image, batch 1, 1 round, no warm-up")
     args = p.parse_args(argv)
@@ -328,6 +339,13 @@ def run_benchmark(args) -> Dict:
     for dtype in args.dtypes:
         fp16 = dtype == "fp16"
         ours = build_ours(args.config, args.weights, args.device, args.opts, True, fp16, args.seed)
+        if getattr(ours.model, "is_video_model", False):  # YolactEdge: keyframes vs warped frames (batch 1)
+            from yolact_d2.tools.benchmark_edge import print_edge_run, run_edge
+
+            run = run_edge(args, ours, image, fp16)
+            results["runs"].append(run)
+            print_edge_run(run)
+            continue
         input_size = ours.model.input_size
         contenders: Dict[str, Callable] = {}
         plain = None
@@ -434,6 +452,7 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     args.config = resolve_config_file(args.config)
+    args.yolact_config = [resolve_config_file(c) for c in args.yolact_config]
     results = run_benchmark(args)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

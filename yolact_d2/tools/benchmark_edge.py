@@ -1,0 +1,205 @@
+"""YolactEdge part of tools/benchmark.py: keyframes and non-keyframes, stage by stage, next to YOLACT.
+
+Used by `benchmark.py` when --config is a YolactEdge video model. In one run, round robin, at
+batch 1 (video), with the same seeded (or --weights) weights:
+
+* "YOLACT (same backbone)": our Yolact built from the same config (the YolactEdge image path is
+  YOLACT v1) with the same weights minus the flow net / SPA, through `Predictor` (optimized);
+* "YolactEdge keyframe" / "YolactEdge non-keyframe": `VideoPredictor` forced to a full pass on the
+  image and to a warped pass on the image shifted by a few pixels (camera motion), end to end;
+* the mean per frame at --keyframe-interval N, (keyframe + (N - 1) x non-keyframe) / N, from the
+  medians (the official schedule is fixed, so this is the mean of a real sequence);
+* --yolact-config: more YOLACT configs to time beside them (seeded weights).
+
+Stages (`EdgeStages`, the same maths as YolactEdge.keyframe_features / warped_features):
+keyframe = preprocess, backbone (full bottom-up), fpn_phase1 (+ the flow net's pre-conv kept for
+the non-keyframes), rest; non-keyframe = preprocess, partial_backbone (to C3), flow (C3 lateral,
+pre-conv, FlowNetMini), warp (P4/P5 warped x scale + bias, P3 rebuilt, SPA), rest. "rest" is the
+same work on both: FPN phase 2, protonet, head, Fast NMS, masks.
+"""
+import os
+import tempfile
+from typing import Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+KEYFRAME_STAGES = ("preprocess", "backbone", "fpn_phase1", "rest")
+WARPED_STAGES = ("preprocess", "partial_backbone", "flow", "warp", "rest")
+CAMERA_SHIFT = (4, 6)  # (dy, dx) pixels between the keyframe and the non-keyframe image
+
+
+class EdgeStages:
+    """Runs a YolactEdge video model stage by stage (restating its two kinds of frame) to time each."""
+
+    def __init__(self, model, key_inputs: List[Dict], warped_inputs: List[Dict]):
+        self.model = model
+        self.inputs = {"key": key_inputs, "warped": warped_inputs}
+        self.cache: Dict[str, object] = {}
+
+    # keyframe
+    def key_preprocess(self):
+        self.cache["key_images"] = self.model.preprocess_image(self.inputs["key"], resize=True)
+
+    def key_backbone(self):
+        self.cache["key_bottom_up"] = self.model.backbone.bottom_up(self.cache["key_images"].tensor)
+
+    def key_fpn_phase1(self):
+        from yolact_d2.modeling.feature_transfer import KeyframeState
+
+        m, images = self.model, self.cache["key_images"]
+        merged, laterals = m.backbone.forward_phase1(self.cache["key_bottom_up"])
+        d = self.inputs["key"][0]
+        self.cache["key_merged"] = merged
+        self.cache["state"] = KeyframeState(
+            features=merged, lateral=laterals[0], input_size=tuple(images.tensor.shape[-2:]),
+            image_size=(d["height"], d["width"]), flow_feature=m.flow_net.reduce(laterals[0]),
+        )
+
+    def key_rest(self):
+        feats = self.model.backbone.forward_phase2(self.cache["key_merged"])
+        self.cache["key_results"] = self.model.inference_from_features(feats, self.cache["key_images"], self.inputs["key"])
+
+    # non-keyframe (warped from the state the keyframe stages left)
+    def warped_preprocess(self):
+        self.cache["images"] = self.model.preprocess_image(self.inputs["warped"], resize=True)
+
+    def warped_partial_backbone(self):
+        from yolact_d2.modeling.feature_transfer import partial_backbone_forward
+
+        fpn = self.model.backbone
+        c3_name = fpn.in_features[0]
+        self.cache["c3"] = partial_backbone_forward(fpn.bottom_up, self.cache["images"].tensor, c3_name)[c3_name]
+
+    def warped_flow(self):
+        m = self.model
+        lateral = m.backbone.lateral_convs[0](self.cache["c3"])
+        self.cache["lateral"] = lateral
+        self.cache["flows"] = m.flow_net(m.flow_net.reduce(lateral), self.cache["state"].flow_feature)
+
+    def warped_warp(self):
+        from yolact_d2.modeling.feature_transfer import warp_features
+
+        m, state, lateral = self.model, self.cache["state"], self.cache["lateral"]
+        coarse, mid = self.cache["flows"]  # 1/4 scale (P5), 1/2 scale (P4)
+        warped = [warp_features(feat, flow) * scale + bias
+                  for (flow, scale, bias), feat in zip((mid, coarse), state.features[1:])]
+        p3 = F.interpolate(warped[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False) + lateral
+        if m.spa is not None:
+            warped = m.spa(lateral, warped)
+        self.cache["merged"] = [p3] + list(warped)
+
+    def warped_rest(self):
+        feats = self.model.backbone.forward_phase2(self.cache["merged"])
+        self.cache["results"] = self.model.inference_from_features(feats, self.cache["images"], self.inputs["warped"])
+
+    def run(self, timer) -> None:
+        for stage in KEYFRAME_STAGES:
+            timer.once("key:" + stage, getattr(self, "key_" + stage))
+        for stage in WARPED_STAGES:
+            timer.once("warped:" + stage, getattr(self, "warped_" + stage))
+
+
+def shifted(image: np.ndarray, shift=CAMERA_SHIFT) -> np.ndarray:
+    """The image moved by (dy, dx) pixels (wrapping round): the next frame of a panning camera."""
+    return np.ascontiguousarray(np.roll(image, shift, axis=(0, 1)))
+
+
+def build_same_backbone_yolact(args, fp16: bool):
+    """Our Yolact from the edge config (same backbone, head, priors) with the edge model's weights
+    minus the flow net / SPA, optimized as Predictor does."""
+    from detectron2.config import instantiate
+
+    from yolact_d2 import Predictor
+    from yolact_d2.modeling import Yolact
+    from yolact_d2.predictor import load_model_config, load_weights
+
+    torch.manual_seed(args.seed)  # as build_ours: without --weights, the same random initialisation
+    edge = instantiate(load_model_config(args.config, args.opts)[1])  # un-optimized: its state has the norms
+    if args.weights:
+        load_weights(edge, args.weights)
+    state = {k: v for k, v in edge.state_dict().items() if not k.startswith(("flow_net.", "spa."))}
+    _, node = load_model_config(args.config, args.opts)
+    node._target_ = Yolact
+    for key in ("flow_net", "spa"):
+        node.pop(key, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "yolact_same_backbone.pth")
+        torch.save({"model": state}, path)
+        return Predictor(node, path, device=args.device, fp16=fp16)
+
+
+def run_edge(args, ours, image: np.ndarray, fp16: bool) -> Dict:
+    """The YolactEdge run (batch 1): contenders, derived interval mean, stages. See the module doc."""
+    from yolact_d2 import Predictor, VideoPredictor
+    from yolact_d2.tools.benchmark import Timer, _num_detections
+
+    device = torch.device(args.device)
+    interval = args.keyframe_interval
+    vp = VideoPredictor.from_predictor(ours, keyframe_interval=interval)
+    moved = shifted(image)
+    yolact = build_same_backbone_yolact(args, fp16)
+    contenders = {
+        "YOLACT (same backbone)": lambda: yolact(image),
+        "YolactEdge keyframe": lambda: vp(image, keyframe=True),
+        "YolactEdge non-keyframe": lambda: vp(moved, keyframe=False),
+    }
+    for cfg in args.yolact_config or []:
+        torch.manual_seed(args.seed)
+        extra = Predictor(cfg, None, device=args.device, opts=[o for o in args.opts if o.startswith("model.input_size")],
+                          fp16=fp16)
+        contenders[f"YOLACT {os.path.splitext(os.path.basename(cfg))[0]}"] = lambda p=extra: p(image)
+    stages = None if args.no_stages else EdgeStages(vp.model, [vp._to_input(image)], [vp._to_input(moved)])
+    timer = Timer(device)
+    counts: Dict[str, int] = {}
+    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=fp16)
+    for it in range(args.warmup + args.iters):
+        with torch.inference_mode(), autocast:
+            for name, fn in contenders.items():
+                counts[name] = _num_detections(timer.once(name, fn))
+            if stages is not None:
+                stages.run(timer)
+        if it < args.warmup:
+            timer.clear()
+
+    base = "YOLACT (same backbone)"
+    run = {"dtype": "fp16" if fp16 else "fp32", "batch": 1, "yolact_edge": True, "keyframe_interval": interval,
+           "contenders": {}, "stages_ms": {}, "stages_cpu_ms": {}}
+    for name in contenders:
+        run["contenders"][name] = {
+            "ms": round(timer.median_ms(name), 2), "min_ms": round(timer.min_ms(name), 2),
+            "cpu_ms": round(timer.median_cpu_ms(name), 2),
+            "samples_ms": [round(1000 * s, 2) for s in timer.samples[name]],
+            "detections_first_image": counts[name],
+        }
+    key, warped = run["contenders"]["YolactEdge keyframe"], run["contenders"]["YolactEdge non-keyframe"]
+    run["contenders"][f"YolactEdge mean at interval {interval}"] = {
+        k: round((key[k] + (interval - 1) * warped[k]) / interval, 2) for k in ("ms", "min_ms", "cpu_ms")
+    }
+    for r in run["contenders"].values():
+        for k, ratio in (("ms", "over_yolact"), ("min_ms", "over_yolact_min"), ("cpu_ms", "over_yolact_cpu")):
+            r[ratio] = round(r[k] / run["contenders"][base][k], 4)
+    if stages is not None:
+        for kind, names in (("keyframe", KEYFRAME_STAGES), ("non-keyframe", WARPED_STAGES)):
+            prefix = "key:" if kind == "keyframe" else "warped:"
+            wall = {s: round(timer.median_ms(prefix + s), 2) for s in names}
+            cpu = {s: round(timer.median_cpu_ms(prefix + s), 2) for s in names}
+            wall["sum"], cpu["sum"] = round(sum(wall.values()), 2), round(sum(cpu.values()), 2)
+            run["stages_ms"][kind], run["stages_cpu_ms"][kind] = wall, cpu
+        run["stage_detections"] = {"keyframe": len(stages.cache["key_results"][0]["instances"]),
+                                   "non-keyframe": len(stages.cache["results"][0]["instances"])}
+    return run
+
+
+def print_edge_run(run: Dict) -> None:
+    from tabulate import tabulate
+
+    rows = [[name, r["ms"], r["min_ms"], r["cpu_ms"], f"{r['over_yolact']:.3f}x", f"{r['over_yolact_cpu']:.3f}x",
+             r.get("detections_first_image", "")] for name, r in run["contenders"].items()]
+    print(f"\n{run['dtype']}, batch 1, YolactEdge keyframe interval {run['keyframe_interval']} (medians):")
+    print(tabulate(rows, headers=["model", "median ms/frame", "best ms/frame", "CPU ms/frame", "this / YOLACT",
+                                  "this / YOLACT (CPU)", "dets"], tablefmt="github"))
+    for kind, wall in run["stages_ms"].items():
+        rows = [[s, v, run["stages_cpu_ms"][kind][s]] for s, v in wall.items()]
+        print(tabulate(rows, headers=[f"YolactEdge {kind} stage", "wall ms", "CPU ms"], tablefmt="github"))
