@@ -356,3 +356,43 @@ def test_set_num_classes_reaches_every_part():
     model = instantiate(cfg.model)
     assert model.num_classes == model.head.num_classes == model.criterion.num_classes == 3
     assert model.head.cls_score.out_channels == 3 * 4 and model.semantic_seg_conv.out_channels == 3
+
+
+def test_crowd_boxes_may_be_a_detectron2_boxes(small):
+    """crowd_boxes as Detectron2 Boxes reach the criterion as their (M, 4) tensor and train exactly
+    like it with the real loss (before: "too many dimensions")."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    model, _ = small
+    inst = Instances((192, 192))
+    inst.gt_boxes = Boxes(torch.tensor([[10.0, 20.0, 100.0, 150.0]]))
+    inst.gt_classes = torch.tensor([3])
+    masks = torch.zeros(1, 192, 192, dtype=torch.bool)
+    masks[0, 20:150, 10:100] = True
+    inst.gt_masks = BitMasks(masks)
+    img = torch.from_numpy(realish_image(192, 192).transpose(2, 0, 1).copy())
+    crowd = torch.tensor([[110.0, 100.0, 190.0, 190.0], [0.0, 150.0, 60.0, 192.0]])
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, predictions, priors, targets):
+            seen.append(targets[0]["crowd_boxes"])
+            return {"loss_box": predictions["loc"].sum() * 0}
+
+    def losses(crowd_boxes):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = model([{"image": img, "instances": inst, "crowd_boxes": crowd_boxes}])
+        return {k: v.item() for k, v in out.items()}
+
+    original = model.criterion
+    model.train()
+    try:
+        as_tensor, as_boxes = losses(crowd), losses(Boxes(crowd))
+        model.criterion = Recorder()
+        losses(Boxes(crowd))
+    finally:
+        model.eval()
+        model.criterion = original
+    assert torch.equal(seen[0], crowd)
+    assert as_boxes == as_tensor and {"loss_box", "loss_cls", "loss_mask"} <= set(as_tensor)

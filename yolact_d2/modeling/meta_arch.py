@@ -9,7 +9,7 @@ from detectron2.config import configurable
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.backbone import Backbone
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 
 from yolact_d2.compat import image_list_from_tensors
 from yolact_d2.modeling.inference import YolactPostProcessor, decode_boxes
@@ -240,6 +240,8 @@ class Yolact(nn.Module):
             crowd = d.get("crowd_boxes")
             if crowd is None:
                 crowd = torch.zeros((0, 4))
+            elif isinstance(crowd, Boxes):  # a Detectron2 Boxes, e.g. from a custom mapper: its (M, 4) tensor
+                crowd = crowd.tensor
             targets.append(
                 {
                     "instances": d["instances"].to(self.device),
