@@ -6,6 +6,8 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform, TransformList
 
@@ -188,9 +190,10 @@ def test_aspect_preserving_resize_pads_with_mean():
     inp, tfm = _run([YolactResize(550, preserve_aspect_ratio=True)], image, boxes, masks)
     assert inp.image.shape == (550, 550, 3)
     s = 550 / 64
-    np.testing.assert_allclose(inp.boxes, boxes * [s, 412 / 48, s, 412 / 48])  # 48*550/64=412.5 -> 412
+    # 48*550/64 = 412.5 -> 413: rounded half up, as the model's test-time resize.
+    np.testing.assert_allclose(inp.boxes, boxes * [s, 413 / 48, s, 413 / 48])
     np.testing.assert_array_equal(inp.image[413:, :], np.broadcast_to([104, 117, 124], (137, 550, 3)))
-    assert inp.masks[:, 412:].sum() == 0
+    assert inp.masks[:, 413:].sum() == 0
     assert np.abs(_mask_boxes(inp.masks) - inp.boxes).max() <= 1.0
 
 
@@ -355,3 +358,29 @@ def test_deferred_masks_equal_step_by_step_masks(preserve):
             interior = np.zeros_like(mismatch)
             interior[8:-8, 8:-8] = True
             assert (mismatch & (band == 0) & interior).sum() == 0, (seed, i)
+
+
+# Sizes where Python's round (half to even, the old training rule) and the model's int(x + 0.5)
+# differ, plus ones where they agree; expected (height, width) computed by hand, rounding half up.
+@pytest.mark.parametrize("hw, size, expected", [
+    ((50, 256), 64, (13, 64)),  # 50 * 64 / 256 = 12.5
+    ((256, 18), 64, (64, 5)),  # 18 * 64 / 256 = 4.5
+    ((101, 1100), 550, (51, 550)),  # 50.5
+    ((48, 64), 550, (413, 550)),  # 412.5
+    ((47, 100), 64, (30, 64)),  # 30.08
+    ((64, 64), 64, (64, 64)),
+])
+def test_aspect_preserving_resize_matches_the_models_test_time_size(hw, size, expected):
+    """YolactResize(preserve_aspect_ratio=True) at training and a "shortest_edge" Yolact at test
+    time make the same image size."""
+    image = np.zeros(hw + (3,), np.uint8)
+    tfm = YolactResize(size, preserve_aspect_ratio=True).get_transform(image)
+    resized = tfm.transforms[0].apply_image(image)
+    assert resized.shape[:2] == expected
+
+    cfg = LazyConfig.load("configs/shapes/yolact_shapes_tiny.py")
+    cfg.model.resize_mode = "shortest_edge"
+    cfg.model.input_size = size
+    model = instantiate(cfg.model).eval()
+    images = model.preprocess_image([{"image": torch.from_numpy(image).permute(2, 0, 1)}], resize=True)
+    assert tuple(images.image_sizes[0]) == expected

@@ -328,7 +328,7 @@ class YolactResize(T.Augmentation):
     """Resize to the network input.
 
     Default (official): squash to size x size. With `preserve_aspect_ratio=True`, scale so the
-    longer side is `size` (like ResizeShortestEdge but fitting inside), then pad bottom/right to
+    longer side is `size` (the size rule of the model's "shortest_edge" mode), then pad bottom/right to
     size x size with `fill` (the official aspect-preserving mode instead keeps a variable size of
     ~size^2 area, which batches badly; padding keeps a fixed input)."""
 
@@ -340,8 +340,10 @@ class YolactResize(T.Augmentation):
         h, w = image.shape[:2]
         if not self.preserve_aspect_ratio:
             return CV2ResizeTransform(h, w, self.size, self.size)
-        scale = self.size / max(h, w)
-        new_h, new_w = max(1, min(self.size, int(round(h * scale)))), max(1, min(self.size, int(round(w * scale))))
+        # The model's test-time rule for "shortest_edge" inputs (Detectron2's ResizeShortestEdge
+        # with the long side capped at `size`, rounding half up): train and test sizes agree.
+        new_h, new_w = T.ResizeShortestEdge.get_output_shape(h, w, self.size, self.size)
+        new_h, new_w = max(1, min(self.size, new_h)), max(1, min(self.size, new_w))
         return TransformList([
             CV2ResizeTransform(h, w, new_h, new_w),
             ExpandTransform(0, 0, self.size, self.size, self.fill, in_w=new_w, in_h=new_h),
