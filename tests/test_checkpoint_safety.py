@@ -195,16 +195,5 @@ def test_empty_text_truncated_files_name_the_file(tmp_path):
             YolactCheckpointer(model).resume_or_load(str(path), resume=False)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_checkpoint_file(str(tmp_path / "nope.pth"))
-
-
-@pytest.mark.slow
-def test_train_net_text_file_as_init_checkpoint(tmp_path):
-    """Was a bare `KeyError: 101` traceback (torch.load of a text file)."""
-    notes = tmp_path / "notes.txt"
-    notes.write_text("model: yolact\nlr: 0.01\n")
-    proc = cf.train_net(f"train.output_dir={tmp_path / 'out'}", f"train.init_checkpoint={notes}",
-                        datasets_root=tmp_path / "datasets")
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert f"train_net.py: error: cannot read '{notes}'" in proc.stderr
-    assert "a text file (it starts with 'model: yolact')" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    # (tools/train_net.py prints these errors as one line, exit status 1: see the crafted-file test,
+    # whose UnsafeCheckpointError is a CheckpointFileError; before, a text file gave `KeyError: 101`.)
