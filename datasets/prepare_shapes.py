@@ -2,6 +2,7 @@
 """Generate the synthetic shapes dataset (COCO json + PNG images) used by configs/shapes/.
 
     python datasets/prepare_shapes.py                      # -> $DETECTRON2_DATASETS/shapes
+                                                           #    (unset: ~/.cache/yolact_d2/datasets/shapes)
     python datasets/prepare_shapes.py --root /tmp/shapes --num-train 2000 --image-size 160
 
 Idempotent (nothing is rewritten when the folder holds the same parameters) and atomic.
