@@ -211,7 +211,7 @@ def test_convert_sync_batchnorm_cpu_keeps_state_and_frozen_bn():
     net.eval()
     ref = net(x)
     net = convert_sync_batchnorm(net, "cpu")
-    assert type(net[1]) is NaiveSyncBatchNorm and type(net[2][0]) is NaiveSyncBatchNorm
+    assert isinstance(net[1], NaiveSyncBatchNorm) and isinstance(net[2][0], NaiveSyncBatchNorm)
     assert type(net[3]) is FrozenBatchNorm2d
     assert torch.allclose(net(x), ref)
 

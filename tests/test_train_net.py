@@ -1,6 +1,8 @@
 """tools/train_net.py end to end on a tiny shapes set (configs/shapes/yolact_shapes_tiny.py), on CPU:
-loss goes down, kill -9 + --resume continues identically, 2 gloo processes == 1 process on the same
-global batch, unknown config keys and NaN losses give their errors."""
+loss goes down, kill -9 + --resume continues bit-identically (2 data workers), 2 gloo processes ==
+1 process on the same global batch past warm-up (BN buffers too), unknown config keys, values of the
+wrong type, NaN losses and a diverging learning rate give their errors, a dead mask branch is warned
+about, and the learning rate / LR steps follow the batch size / max_iter."""
 import itertools
 import json
 import os
@@ -30,13 +32,13 @@ def datasets_root(tmp_path_factory):
         os.environ["DETECTRON2_DATASETS"] = old
 
 
-def _train_net(output_dir, *opts, resume=False, num_gpus=1, wait=True):
-    cmd = [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--config-file", TINY, "--num-gpus", str(num_gpus)]
-    if resume:
-        cmd.append("--resume")
+def _train_net(output_dir, *opts, resume=False, num_gpus=1, wait=True, flags_last=False):
+    cmd = [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--config-file", TINY]
+    flags = ["--num-gpus", str(num_gpus)] + (["--resume"] if resume else [])
     if num_gpus > 1:
-        cmd += ["--dist-url", "auto"]
-    cmd += [f"train.output_dir={output_dir}", "train.log_period=1", *opts]
+        flags += ["--dist-url", "auto"]
+    overrides = [f"train.output_dir={output_dir}", "train.log_period=1", *opts]
+    cmd += overrides + flags if flags_last else flags + overrides
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     if not wait:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -93,16 +95,22 @@ def test_a_few_iterations_decrease_the_loss_on_a_fixed_batch(datasets_root):
 
 
 # ---------------------------------------------------------------------------------- resume
+# Two data-loading workers, and a masks_to_train cap that the tiny images exceed (its random subset
+# must be drawn the same after a resume).
+RESUME_OPTS = ("train.max_iter=16", "train.checkpointer.period=4", "dataloader.train.num_workers=2",
+               "model.criterion.masks_to_train=2")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(datasets_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run_full"))
-    _assert_ok(_train_net(out, "train.max_iter=16", "train.checkpointer.period=4"))
+    _assert_ok(_train_net(out, *RESUME_OPTS))
     return out
 
 
-def test_kill_9_and_resume_continues_identically(datasets_root, uninterrupted, tmp_path):
+def test_kill_9_and_resume_continues_bit_identically(datasets_root, uninterrupted, tmp_path):
     out = str(tmp_path / "run_killed")
-    proc = _train_net(out, "train.max_iter=16", "train.checkpointer.period=4", wait=False)
+    proc = _train_net(out, *RESUME_OPTS, wait=False)
     first = os.path.join(out, "model_0000003.pth")
     deadline = time.time() + 300
     while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
@@ -114,13 +122,15 @@ def test_kill_9_and_resume_continues_identically(datasets_root, uninterrupted, t
     killed_at = max(_metrics(out))
     assert killed_at < 15
 
-    _assert_ok(_train_net(out, "train.max_iter=16", "train.checkpointer.period=4", resume=True))
+    _assert_ok(_train_net(out, *RESUME_OPTS, resume=True))
     full, resumed = _weights(os.path.join(uninterrupted, "model_final.pth")), _weights(os.path.join(out, "model_final.pth"))
     assert resumed["iteration"] == full["iteration"] == 15
-    for k, v in full["model"].items():
-        assert torch.allclose(resumed["model"][k], v, rtol=1e-5, atol=1e-6), k
-    for (ka, a), (kb, b) in zip(full["optimizer"]["state"].items(), resumed["optimizer"]["state"].items()):
-        assert torch.allclose(a["momentum_buffer"], b["momentum_buffer"], rtol=1e-5, atol=1e-6)
+    assert resumed["model"].keys() == full["model"].keys()
+    for k, v in full["model"].items():  # every parameter and buffer (BN running stats, counters)
+        assert torch.equal(resumed["model"][k], v), k
+    assert full["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
+    for k, a in full["optimizer"]["state"].items():
+        assert torch.equal(a["momentum_buffer"], resumed["optimizer"]["state"][k]["momentum_buffer"]), k
     # Identical final weights need the same data order, augmentation and LR on every iteration;
     # the LR logged at every iteration after the resume is checked directly.
     lr_full, lr_resumed = _metrics(uninterrupted, "lr"), _metrics(out, "lr")
@@ -148,25 +158,31 @@ def test_unknown_config_key_is_a_clear_error(datasets_root, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- 2 processes
-def test_two_gloo_processes_match_one_process(datasets_root, tmp_path):
-    opts = ("train.max_iter=4", "train.sync_bn=True", "train.checkpointer.period=100")
+def test_two_gloo_processes_match_one_process_past_warmup(datasets_root, tmp_path):
+    # 8 iterations: past the warm-up (lr_multiplier.warmup_until=5) into the full learning rate.
+    opts = ("train.max_iter=8", "train.sync_bn=True", "train.checkpointer.period=100")
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     _assert_ok(_train_net(one, *opts, num_gpus=1))
     _assert_ok(_train_net(two, *opts, num_gpus=2))
     m1, m2 = _metrics(one), _metrics(two)
-    assert sorted(m1) == sorted(m2) == [0, 1, 2, 3]
+    assert sorted(m1) == sorted(m2) == list(range(8))
+    assert _metrics(one, "lr")[5] == pytest.approx(5e-3)  # warm-up over (then x0.1 at 3/4 of max_iter)
     for it in m1:  # (window medians of the loss averaged over the workers)
         assert m2[it] == pytest.approx(m1[it], rel=1e-4), (it, m1[it], m2[it])
     w1, w2 = _weights(os.path.join(one, "model_final.pth")), _weights(os.path.join(two, "model_final.pth"))
-    params = {n for n, _ in _named_params()}
-    for k in params:
-        assert torch.allclose(w1["model"][k], w2["model"][k], rtol=1e-4, atol=1e-5), k
-
-
-def _named_params():
-    from detectron2.config import LazyConfig, instantiate
-
-    return instantiate(LazyConfig.load(TINY).model).named_parameters()
+    assert w1["model"].keys() == w2["model"].keys()
+    # Parameters and BN buffers (running mean / var from the all-reduced batch statistics, batch
+    # counts). Not bit-equal: gloo sums the two halves' gradients and BN moments in another order
+    # than one process sums the whole batch (float32 rounding, ~1e-7 relative per sum), and 8 SGD
+    # steps with momentum carry it on. (Detectron2's own NaiveSyncBatchNorm failed this by ~1e-3:
+    # a biased running_var; see yolact_d2/engine/sync_bn.py.)
+    assert sum("running_var" in k for k in w1["model"]) == sum("num_batches_tracked" in k for k in w1["model"]) > 10
+    for k, a in w1["model"].items():
+        b = w2["model"][k]
+        if a.is_floating_point():
+            assert torch.allclose(b, a, rtol=1e-4, atol=1e-5), (k, (b - a).abs().max())
+        else:
+            assert torch.equal(b, a), k
 
 
 def test_visualize_predictions_writes_gt_and_prediction_panels(uninterrupted, tmp_path):
