@@ -173,3 +173,118 @@ def test_tool_imagenet_backbone(tmp_path, capsys):
     assert all(not k.startswith("backbone.bottom_up.") for k in incompatible.missing_keys)
     torch.testing.assert_close(model.backbone.bottom_up.res4[5].conv2.weight, tv["layer3.5.conv2.weight"])
     torch.testing.assert_close(model.backbone.bottom_up.stem.conv1.norm.running_var, tv["bn1.running_var"])
+
+
+# ------------------------------------------------------------------------------ YolactEdge
+EDGE_LAYOUTS = {  # official YolactEdge config -> (our default config, float values in the checkpoint)
+    "yolact_edge_resnet50_config": ("configs/yolact_edge/yolact_edge_R_50_FPN_550.py", 31_218_063),
+    "yolact_edge_config": ("configs/yolact_edge/yolact_edge_R_101_FPN_550.py", 50_262_415),
+    "yolact_edge_mobilenetv2_config": ("configs/yolact_edge/yolact_edge_mobilenetv2_FPN_550.py", 9_062_927),
+    "yolact_edge_vid_resnet50_config": ("configs/yolact_edge/yolact_edge_vid_R_50_FPN_550.py", 35_442_367),
+    "yolact_edge_vid_config": ("configs/yolact_edge/yolact_edge_vid_R_101_FPN_550.py", 54_486_719),
+}
+
+
+def empty_layout(name):
+    return {k: torch.empty(s, dtype=d) for k, s, d in official_layout(name)}
+
+
+def expected_of(config):
+    model = instantiate(LazyConfig.load(os.path.join(REPO, config)).model)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def edge_vid_r50():
+    return synthetic_official_state_dict("yolact_edge_vid_resnet50_config", seed=0), expected_of(
+        "configs/yolact_edge/yolact_edge_vid_R_50_FPN_550.py"
+    )
+
+
+def test_edge_video_r50_maps_every_key(edge_vid_r50):
+    official, expected = edge_vid_r50
+    out, summary = convert_official_state_dict(official, expected)
+    assert set(out) == set(expected) and summary.num_values == 35_442_367
+    pairs = {  # official key -> ours, read off the official model code (yolact_edge/yolact.py)
+        "fpn_phase_1.lat_layers.0.weight": "backbone.lateral_convs.2.weight",  # official index 0 = C5
+        "fpn_phase_2.pred_layers.2.bias": "backbone.output_convs.0.bias",
+        "fpn_phase_2.downsample_layers.1.weight": "backbone.downsample_convs.1.weight",
+        "flow_net_pre_convs.convs.0.0.weight": "flow_net.pre_conv.0.weight",
+        "flow_net.conv2.0.0.weight": "flow_net.conv2.0.0.weight",
+        "flow_net.pred2.conv.weight": "flow_net.pred2.flow.weight",
+        "flow_net.pred3.scale.bias": "flow_net.pred3.scale.bias",
+        "flow_net.upflow3.weight": "flow_net.upflow3.weight",
+        "spa.refine_convs.1.0.weight": "spa.refine_convs.1.0.weight",
+        "prediction_layers.0.conf_layer.weight": "head.cls_score.weight",
+    }
+    for official_key, ours in pairs.items():
+        assert out[ours] is official[official_key], official_key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", sorted(EDGE_LAYOUTS))
+def test_every_edge_layout_converts_for_its_default_config(layout):
+    from yolact_d2.checkpoint import default_config_for
+
+    official = empty_layout(layout)
+    config, floats = EDGE_LAYOUTS[layout]
+    assert default_config_for(detect_variant(official)) == config
+    out, summary = convert_official_state_dict(official, expected_of(config))
+    assert set(out) == set(expected_of(config))
+    layers_7_8 = sum(v.numel() for k, v in official.items()
+                     if k.startswith(("backbone.layers.7.", "backbone.layers.8.")) and v.dtype.is_floating_point)
+    assert summary.num_values + (layers_7_8 if "mobilenet" in layout else 0) == floats
+
+
+def test_edge_detect_variant():
+    vid = detect_variant(empty_layout("yolact_edge_vid_config"))
+    assert vid == {"plus": False, "edge": True, "video": True, "spa": True, "backbone": "resnet", "depth": 101,
+                   "num_anchors": 3, "num_classes": 40}
+    mobile = detect_variant(empty_layout("yolact_edge_mobilenetv2_config"))
+    assert mobile["backbone"] == "mobilenetv2" and mobile["edge"] and not mobile["video"]
+    assert not detect_variant(empty_layout("yolact_resnet50_config"))["edge"]
+
+
+def test_image_checkpoint_into_video_config_names_the_missing_parts(edge_vid_r50):
+    _, expected = edge_vid_r50
+    for image in ("yolact_edge_resnet50_config", "yolact_resnet50_config"):  # YolactEdge COCO, plain YOLACT
+        official = synthetic_official_state_dict(image, seed=0)
+        official["prediction_layers.0.conf_layer.weight"] = torch.zeros(123, 256, 3, 3)  # 40 classes
+        official["prediction_layers.0.conf_layer.bias"] = torch.zeros(123)
+        official["semantic_seg_conv.weight"] = torch.zeros(40, 256, 1, 1)
+        official["semantic_seg_conv.bias"] = torch.zeros(40)
+        with pytest.raises(ConversionError, match=r"no weights for the video parts of this model: "
+                           r"flow_net\.\* \(33 keys\), spa\.\* \(4 keys\)\. It is an image checkpoint"):
+            convert_official_state_dict(official, expected)
+
+
+def test_edge_missing_extra_wrong_shape(edge_vid_r50):
+    official, expected = edge_vid_r50
+    bad = dict(official)
+    del bad["flow_net.pred2.scale.weight"]
+    with pytest.raises(ConversionError, match=r"no weights for model key 'flow_net\.pred2\.scale\.weight' \(1 missing"):
+        convert_official_state_dict(bad, expected)
+    bad = dict(official)
+    bad["flow_net.pred4.conv.weight"] = torch.zeros(2, 256, 3, 3)
+    with pytest.raises(ConversionError, match=r"official key 'flow_net\.pred4\.conv\.weight'.*matches no conversion rule"):
+        convert_official_state_dict(bad, expected)
+    bad = dict(official)
+    bad["flow_net_pre_convs.convs.0.0.weight"] = torch.zeros(32, 256, 3, 3)  # reduce_channels 32, not 64
+    with pytest.raises(ConversionError, match=r"'flow_net_pre_convs\.convs\.0\.0\.weight' has shape \[32, 256, 3, 3\] "
+                       r"but model key 'flow_net\.pre_conv\.0\.weight' needs \[64, 256, 3, 3\]"):
+        convert_official_state_dict(bad, expected)
+
+
+@pytest.mark.slow
+def test_tool_picks_the_edge_video_config(tmp_path, capsys, edge_vid_r50):
+    official, _ = edge_vid_r50
+    src, dst = tmp_path / "yolact_edge_vid_resnet50_847_50000.pth", tmp_path / "edge.pth"
+    torch.save(official, src)
+    assert convert_yolact_weights.main([str(src), str(dst)]) == 0
+    printed = capsys.readouterr().out
+    assert "YolactEdge video resnet-50, 40 classes" in printed
+    assert "configs/yolact_edge/yolact_edge_vid_R_50_FPN_550.py" in printed
+    model = instantiate(LazyConfig.load(os.path.join(REPO, "configs/yolact_edge/yolact_edge_vid_R_50_FPN_550.py")).model)
+    incompatible = load_and_report(model, dst)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    torch.testing.assert_close(model.flow_net.pred2.flow.weight, official["flow_net.pred2.conv.weight"])
