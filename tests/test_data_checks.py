@@ -70,39 +70,41 @@ def train_net(config, output_dir, *args):
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
 
 
+def failed_before_training(config, output_dir, *args):
+    """Run train_net, which must fail before its first iteration (nothing written); its stderr."""
+    proc = train_net(config, output_dir, *args)
+    assert proc.returncode != 0
+    assert not (output_dir / "metrics.json").exists() and not list(output_dir.glob("model_*.pth"))
+    return proc.stderr
+
+
 def test_class_count_mismatch_stops_before_training(two_class, tmp_path):
     """The tiny config's model has 4 classes; this data has 2 (before: it trained without a word)."""
-    proc = train_net(write_config(two_class, "mismatch"), tmp_path)
-    assert proc.returncode != 0
-    err = proc.stderr
+    err = failed_before_training(write_config(two_class, "mismatch"), tmp_path)
     assert "DatasetCheckError: Dataset 'two_train'" in err
     assert "has 2 classes ['circle', 'rectangle'] but the model is built for 4" in err
     assert "set_num_classes(model, 2)" in err and "model.head.num_classes=2" in err
-    assert not (tmp_path / "metrics.json").exists() and not list(tmp_path.glob("model_*.pth"))
 
 
 def test_bad_validation_json_stops_before_training(two_class, tmp_path):
     """Before: the bad category_id in the validation json surfaced only after training finished."""
-    proc = train_net(write_config(two_class, "bad_val", MATCHING, val_json=two_class["bad_val"]), tmp_path)
-    assert proc.returncode != 0
+    err = failed_before_training(write_config(two_class, "bad_val", MATCHING, val_json=two_class["bad_val"]), tmp_path)
     assert (f"{two_class['bad_val']!r}: {two_class['bad_where']}: category_id 9 is not in the "
-            "dataset's categories") in proc.stderr
-    assert not (tmp_path / "metrics.json").exists() and not list(tmp_path.glob("model_*.pth"))
+            "dataset's categories") in err
 
 
 def test_train_json_without_annotations_is_named(two_class, tmp_path):
     """Before: a bare AssertionError from Detectron2 ("No valid data found in two_train")."""
-    proc = train_net(write_config(two_class, "empty", MATCHING, train_json=two_class["empty_train"]), tmp_path)
-    assert proc.returncode != 0
+    err = failed_before_training(write_config(two_class, "empty", MATCHING, train_json=two_class["empty_train"]),
+                                 tmp_path)
     assert (f"Dataset 'two_train' (dataloader.train.dataset.names, {two_class['empty_train']}) has no "
-            "(non-crowd) annotations: a set without annotations cannot train YOLACT") in proc.stderr
+            "(non-crowd) annotations: a set without annotations cannot train YOLACT") in err
 
 
 def test_eval_only_checks_the_test_split(two_class, tmp_path):
-    proc = train_net(write_config(two_class, "eval_mismatch"), tmp_path, "--eval-only")
-    assert proc.returncode != 0
-    assert "Dataset 'two_val' (dataloader.test.dataset.names" in proc.stderr
-    assert "has 2 classes" in proc.stderr and "built for 4" in proc.stderr
+    err = failed_before_training(write_config(two_class, "eval_mismatch"), tmp_path, "--eval-only")
+    assert "Dataset 'two_val' (dataloader.test.dataset.names" in err
+    assert "has 2 classes" in err and "built for 4" in err
 
 
 def test_matching_class_count_trains(two_class, tmp_path):
