@@ -5,8 +5,6 @@ Oracles: the LazyConfig model of the same name (configs/yolact/*.py, built witho
 code): same modules and attributes, state-dict keys/shapes and buffers, and identical detections
 with the same weights; yolact_d2.Predictor for DefaultPredictor.
 """
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,22 +17,14 @@ from detectron2.modeling import build_model
 
 import yolact_d2
 from inference_fixtures import R50_CONFIG, SMALL_INPUT, SMALL_OPTS, test_image, write_checkpoint
+from yacs_fixtures import REPO, tiny_shapes_cfg, yacs_cfg
 
-REPO = Path(__file__).resolve().parents[1]
 PAIRS = {  # yacs yaml -> LazyConfig file of the same model
     "yolact_R_50_FPN_550": "yolact_R_50_FPN_550",
     "yolact_R_101_FPN_550": "yolact_R_101_FPN_550",
     "yolact_plus_R_50_FPN_550": "yolact_plus_R_50_FPN_550",
     "yolact_plus_R_101_FPN_550": "yolact_plus_R_101_FPN_550",
 }
-
-
-def yacs_cfg(name, opts=()):
-    cfg = get_cfg()
-    yolact_d2.add_yolact_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs/yacs" / f"{name}.yaml"))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
-    return cfg
 
 
 def lazy_model(name, input_size):
@@ -158,28 +148,17 @@ def test_default_predictor_equals_yolact_predictor(tmp_path):
 @pytest.mark.slow
 def test_default_trainer_trains_on_shapes(tmp_path):
     """DefaultTrainer(cfg) with Detectron2's own DatasetMapper (bitmask gt_masks, crowds dropped):
-    a few iterations of a tiny YOLACT on the shapes set, finite and decreasing loss."""
-    from yolact_d2.data.shapes import prepare_shapes
-
-    prepare_shapes(str(tmp_path / "shapes"), prefix="shapes_yacs", num_train=8, num_val=2, image_size=64,
-                   seed=0, max_objects=3)
-    scales = [[float(s), s * math.sqrt(2)] for s in (8, 16, 32, 64, 128)]
-    cfg = yacs_cfg("yolact_R_50_FPN_550", [
-        "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.NORM", "BN",
-        "MODEL.YOLACT.NUM_CLASSES", 4, "MODEL.YOLACT.NUM_PROTOTYPES", 8, "MODEL.YOLACT.INPUT_SIZE", 64,
-        "MODEL.YOLACT.TO_RGB", False, "MODEL.YOLACT.FPN.OUT_CHANNELS", 16, "MODEL.YOLACT.PROTONET.CONV_DIMS", 16,
-        "MODEL.YOLACT.ANCHOR.SCALES", scales, "MODEL.YOLACT.ANCHOR.SQUARE_ANCHORS", False,
-        "DATASETS.TRAIN", ("shapes_yacs_train",), "DATASETS.TEST", (),
-        "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64, "DATALOADER.NUM_WORKERS", 0,
-        "SOLVER.IMS_PER_BATCH", 4, "SOLVER.BASE_LR", 0.02, "SOLVER.MAX_ITER", 12, "SOLVER.STEPS", (),
-        "SOLVER.WARMUP_ITERS", 0, "SOLVER.CHECKPOINT_PERIOD", 1000, "OUTPUT_DIR", str(tmp_path / "out"), "SEED", 0,
-    ])
+    a few iterations of a tiny YOLACT (ResNet-18, 16-wide FPN, 64 px) on the shapes set, finite and
+    decreasing loss."""
+    # The whole 4-image set in every batch, no flip: the same batch each iteration, so the loss
+    # must go down (no sampling noise).
+    cfg = tiny_shapes_cfg(tmp_path, "shapes_yacs", opts=["INPUT.RANDOM_FLIP", "none", "SOLVER.MAX_ITER", 10])
     torch.manual_seed(0)
     trainer = DefaultTrainer(cfg)
     trainer.train()
     history = trainer.storage.history("total_loss").values()
     losses = [v for v, _ in history]
-    assert len(losses) == 12 and all(np.isfinite(losses))
-    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    assert len(losses) == 10 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
     for term in ("loss_box", "loss_cls", "loss_mask", "loss_semseg"):
         assert np.isfinite(trainer.storage.history(term).latest())
