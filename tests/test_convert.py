@@ -120,7 +120,10 @@ def test_detect_variant():
     def layout(name):
         return {k: torch.empty(s, dtype=d) for k, s, d in official_layout(name)}
 
-    assert detect_variant(layout("yolact_resnet50_config")) == {"plus": False, "backbone": "resnet", "depth": 50, "num_anchors": 3, "num_classes": 80}
+    assert detect_variant(layout("yolact_resnet50_config")) == {
+        "plus": False, "edge": False, "video": False, "spa": False, "backbone": "resnet", "depth": 50,
+        "num_anchors": 3, "num_classes": 80,
+    }
     assert detect_variant(layout("yolact_base_config"))["depth"] == 101
     assert detect_variant(layout("yolact_darknet53_config"))["backbone"] == "darknet53"
     plus = detect_variant(layout("yolact_plus_base_config"))
