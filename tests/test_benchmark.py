@@ -152,3 +152,31 @@ def test_edge_quick_run_numbers(bm, edge_weights, tmp_path):
         stages = run["stages_ms"][kind]
         assert list(stages) == names + ["sum"] and all(stages[s] > 0 for s in names)
         assert stages["sum"] == pytest.approx(sum(stages[s] for s in names), abs=0.05)
+
+
+def test_schedule_study_helpers():
+    """The panning sequence moves by the stated speeds; agreement = best same-class mask IoU."""
+    from detectron2.structures import Instances
+
+    from yolact_d2.tools import benchmark_edge as be
+
+    frames = be.panning_frames(40, 60, 10, seed=1)  # 2 frames per speed segment: 0, 2, 10, 0, 5 px
+    steps = [0, 0, 2, 2, 10, 10, 0, 0, 5]  # frame i -> i+1
+    for i, dx in enumerate(steps):
+        assert np.array_equal(frames[i + 1][:, : 60 - dx], frames[i][:, dx:]), i
+
+    def inst(masks, classes, scores):
+        out = Instances((4, 4))
+        out.pred_masks = torch.tensor(masks, dtype=torch.bool)
+        out.pred_classes = torch.tensor(classes)
+        out.scores = torch.tensor(scores)
+        return out
+
+    a = [[[1, 1, 0, 0]] * 4, [[0, 0, 0, 0]] * 4]  # a 4x2 block; an empty mask
+    half = [[[1, 0, 0, 0]] * 4]
+    want = inst(a, [0, 1], [0.9, 0.8])
+    assert be.agreement(want, want) == 1.0
+    assert be.agreement(inst(half + [a[1]], [0, 1], [0.9, 0.8]), want) == pytest.approx((0.5 + 1.0) / 2)
+    assert be.agreement(inst(a, [2, 2], [0.9, 0.8]), want) == 0.0  # other classes do not count
+    assert be.agreement(inst(a, [0, 1], [0.1, 0.1]), want) == 0.0  # below the score floor: missed
+    assert be.agreement(inst(a, [0, 1], [0.1, 0.1]), inst(a, [0, 1], [0.2, 0.2])) == 1.0  # nothing to find

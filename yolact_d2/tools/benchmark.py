@@ -285,6 +285,11 @@ def parse_args(argv=None):
                    help="YolactEdge video configs: report the mean per frame at this keyframe interval")
     p.add_argument("--yolact-config", nargs="+", default=[], metavar="CONFIG",
                    help="YolactEdge video configs: also time these YOLACT configs (seeded weights, same --opts)")
+    p.add_argument("--schedule-study", type=int, default=0, metavar="FRAMES",
+                   help="YolactEdge video configs: compare the fixed interval with adaptive keyframes on a "
+                        "panning sequence of this many frames (agreement with the full network on every frame)")
+    p.add_argument("--study-motion", type=float, nargs="*", default=[2.0, 4.0, 8.0], metavar="PX")
+    p.add_argument("--study-residual", type=float, nargs="*", default=[], metavar="R")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 192x192 network input, 96x128 image, batch 1, 1 round, no warm-up")
     args = p.parse_args(argv)
@@ -342,6 +347,12 @@ def run_benchmark(args) -> Dict:
         if getattr(ours.model, "is_video_model", False):  # YolactEdge: keyframes vs warped frames (batch 1)
             from yolact_d2.tools.benchmark_edge import print_edge_run, run_edge
 
+            if args.schedule_study:
+                from yolact_d2.tools.benchmark_edge import print_study, schedule_study
+
+                results["schedule_study"] = schedule_study(args, ours, args.schedule_study)
+                print_study(results["schedule_study"])
+                break
             run = run_edge(args, ours, image, fp16)
             results["runs"].append(run)
             print_edge_run(run)

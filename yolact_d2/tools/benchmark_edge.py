@@ -203,3 +203,77 @@ def print_edge_run(run: Dict) -> None:
     for kind, wall in run["stages_ms"].items():
         rows = [[s, v, run["stages_cpu_ms"][kind][s]] for s, v in wall.items()]
         print(tabulate(rows, headers=[f"YolactEdge {kind} stage", "wall ms", "CPU ms"], tablefmt="github"))
+
+
+# ---------------------------------------------------------------------------------- schedules
+PAN_SPEEDS = (0, 2, 10, 0, 5)  # px / frame of the panning window, one segment each
+
+
+def panning_frames(height: int, width: int, num_frames: int, seed: int = 0) -> List[np.ndarray]:
+    """A camera panning over a seeded synthetic scene: still, slow, fast, still, medium segments."""
+    from yolact_d2.tools.benchmark import synthetic_image
+
+    per = max(1, num_frames // len(PAN_SPEEDS))
+    speeds = [PAN_SPEEDS[min(i // per, len(PAN_SPEEDS) - 1)] for i in range(num_frames)]
+    offsets = np.cumsum([0] + speeds[:-1])
+    canvas = synthetic_image(height + 8, width + int(offsets[-1]) + 8, seed=seed)
+    return [np.ascontiguousarray(canvas[4:4 + height, x:x + width]) for x in offsets]
+
+
+def agreement(got, want, min_score: float = 0.3) -> float:
+    """Mean over `want`'s detections (score >= min_score) of the best mask IoU with a `got` detection
+    of the same class (1.0 when neither has any): how well a warped frame matches the full network."""
+    keep_w, keep_g = want.scores >= min_score, got.scores >= min_score
+    wm, wc = want.pred_masks[keep_w], want.pred_classes[keep_w]
+    gm, gc = got.pred_masks[keep_g], got.pred_classes[keep_g]
+    if len(wm) == 0:
+        return 1.0 if len(gm) == 0 else 0.0
+    if len(gm) == 0:
+        return 0.0
+    inter = torch.einsum("ahw,bhw->ab", wm.float(), gm.float())
+    union = wm.flatten(1).sum(1, keepdim=True).float() + gm.flatten(1).sum(1).float() - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))  # two empty masks agree
+    iou = torch.where(wc[:, None] == gc[None, :], iou, torch.zeros_like(iou))
+    return float(iou.max(dim=1).values.mean())
+
+
+def schedule_study(args, ours, num_frames: int) -> Dict:
+    """Fixed interval vs adaptive keyframes on a panning sequence: keyframe fraction (the cost) and
+    agreement with the full network run on every frame (the oracle)."""
+    from yolact_d2 import VideoPredictor
+
+    frames = panning_frames(*args.image_size, num_frames, seed=args.seed)
+    with torch.inference_mode():
+        full = VideoPredictor.from_predictor(ours, keyframe_interval=1)
+        oracle = [full(f).to("cpu") for f in frames]
+        schedules = {f"fixed interval {args.keyframe_interval}": None}
+        for m in args.study_motion:
+            schedules[f"adaptive max_motion {m:g}"] = {"max_motion": m, "max_interval": 2 * args.keyframe_interval}
+        for r in args.study_residual:
+            schedules[f"adaptive max_residual {r:g}"] = {"max_residual": r, "max_interval": 2 * args.keyframe_interval}
+        rows = {}
+        for name, adaptive in schedules.items():
+            vp = VideoPredictor.from_predictor(ours, keyframe_interval=args.keyframe_interval, adaptive=adaptive)
+            scores, keys, motions = [], [], []
+            for f, want in zip(frames, oracle):
+                got = vp(f).to("cpu")
+                keys.append(vp.last_was_keyframe)
+                scores.append(agreement(got, want))
+                motions.append(vp.last_measures.get("motion"))
+            warped = [s for s, k in zip(scores, keys) if not k]
+            rows[name] = {"keyframe_fraction": round(sum(keys) / len(keys), 4),
+                          "agreement": round(float(np.mean(scores)), 4),
+                          "agreement_non_keyframes": round(float(np.mean(warped)), 4) if warped else None,
+                          "keyframes": [i for i, k in enumerate(keys) if k]}
+    return {"frames": num_frames, "pan_speeds": list(PAN_SPEEDS), "schedules": rows}
+
+
+def print_study(study: Dict) -> None:
+    from tabulate import tabulate
+
+    rows = [[n, r["keyframe_fraction"], r["agreement"], r["agreement_non_keyframes"],
+             " ".join(map(str, r["keyframes"][:16])) + (" ..." if len(r["keyframes"]) > 16 else "")]
+            for n, r in study["schedules"].items()]
+    print(f"\nkeyframe schedules on {study['frames']} panning frames (speeds {study['pan_speeds']} px/frame):")
+    print(tabulate(rows, headers=["schedule", "keyframe fraction", "mask agreement", "on non-keyframes", "keyframes"],
+                   tablefmt="github"))
