@@ -149,6 +149,78 @@ def test_nan_loss_stops_naming_iteration_and_term_and_keeps_last_good_checkpoint
     assert open(os.path.join(out, "model_final.pth"), "rb").read() == good
 
 
+def test_diverging_lr_stops_named_withdraws_the_diverged_checkpoint_and_resumes(datasets_root, tmp_path):
+    out = str(tmp_path / "run_diverged")
+    # lr 1e9: the warm-up's step at iteration 1 (lr 2e8) leaves huge but finite weights, checkpointed
+    # at iteration 1; the forward pass of iteration 2 is NaN/inf. (Before: a RuntimeError inside
+    # F.binary_cross_entropy, and model_0000001.pth the checkpoint --resume took.)
+    proc = _train_net(out, "optimizer.lr=1e9", "train.checkpointer.period=1", "train.checkpointer.max_to_keep=5")
+    assert proc.returncode != 0
+    assert "At iteration 2: Prediction(s) coef, conf, loc, proto" in proc.stderr and "hold NaN/inf" in proc.stderr
+    assert "between 0 and 1" not in proc.stderr
+    assert sorted(f for f in os.listdir(out) if ".pth" in f) == ["model_0000000.pth", "model_0000001.pth.diverged"]
+    assert open(os.path.join(out, "last_checkpoint")).read() == "model_0000000.pth"
+    assert "Withdrew the checkpoint(s) of the diverged state (model_0000001.pth" in proc.stdout
+    # --resume with a sane learning rate continues from iteration 1, with that lr (not the checkpoint's).
+    proc = _train_net(out, "optimizer.lr=5e-3", "train.checkpointer.period=1", resume=True)
+    _assert_ok(proc)
+    assert "base learning rate 1e+09 from the checkpoint -> 0.005 from the config" in proc.stdout
+    final = _weights(os.path.join(out, "model_final.pth"))
+    assert final["iteration"] == 19
+    assert all(torch.isfinite(v).all() for v in final["model"].values() if v.is_floating_point())
+    assert max(_metrics(out, "lr").values()) == pytest.approx(5e-3)
+
+
+def test_dead_mask_branch_is_warned_with_the_likely_cause(datasets_root, tmp_path):
+    # lr 0.05 (10x the recipe), warm-up over 20 iterations: the box loss falls, the mask loss stays at
+    # its start. The tiny model (8 prototypes) starts with half of them dead and the test lowers the
+    # dead-prototype threshold to 0.4 (default 0.9) to see that warning through the same run.
+    out = str(tmp_path / "run_dead")
+    proc = _train_net(out, "optimizer.lr=0.05", "lr_multiplier.warmup_until=20", "train.max_iter=30",
+                      "train.health.period=2", "train.health.dead_fraction=0.4")
+    _assert_ok(proc)
+    assert "Mask loss stuck" in proc.stdout and "while the box loss fell" in proc.stdout
+    assert "Dead prototypes: 50% of the prototypes are exactly 0" in proc.stdout
+    assert "optimizer.lr=0.05 is too high for this data at total batch size 4. Try optimizer.lr=0.0125" in proc.stdout
+    dead = _metrics(out, "proto_dead_fraction")
+    assert sorted(dead) == list(range(0, 30, 2)) and all(0 <= v <= 1 for v in dead.values())
+
+
+def test_lr_follows_the_batch_size_and_steps_follow_max_iter(datasets_root, tmp_path):
+    out = str(tmp_path / "run_schedule")
+    _assert_ok(_train_net(out, "train.max_iter=8", "dataloader.train.total_batch_size=2",
+                          "lr_multiplier.warmup_until=2", "train.checkpointer.period=100"))
+    base, init, until, steps = 1.25e-3 * 2, 1e-4, 2, [6]  # lr_per_image x batch; 3/4 of 8 iterations
+
+    def official(it):  # official train.py set_lr logic
+        lr = (base - init) * (it / until) + init if it <= until else base
+        k = sum(it >= s for s in steps)
+        return lr if k == 0 else base * 0.1**k
+
+    lrs = _metrics(out, "lr")
+    assert sorted(lrs) == list(range(8))
+    for it, lr in lrs.items():
+        assert lr == pytest.approx(official(it), rel=1e-6), it
+
+
+def test_override_of_the_wrong_type_is_one_clear_line(datasets_root, tmp_path):
+    proc = _train_net(str(tmp_path), "train.max_iter=ten")
+    assert proc.returncode == 2
+    assert ("train_net.py: error: Override 'train.max_iter=ten': train.max_iter must be an integer "
+            "(it is 20 in the config), got the str 'ten'.") in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_flags_after_the_overrides_are_flags(uninterrupted, tmp_path):
+    out = str(tmp_path / "run_flags_last")
+    shutil.copytree(uninterrupted, out)
+    # `... train.max_iter=17 --resume`: argparse alone made "--resume" an override (an error).
+    proc = _train_net(out, *RESUME_OPTS[1:], "train.max_iter=17", resume=True, flags_last=True)
+    _assert_ok(proc)
+    assert "at iteration 16" in proc.stdout
+    assert _weights(os.path.join(out, "model_final.pth"))["iteration"] == 16
+
+
 def test_unknown_config_key_is_a_clear_error(datasets_root, tmp_path):
     proc = _train_net(str(tmp_path), "train.max_iters=5")
     assert proc.returncode == 2
