@@ -103,12 +103,51 @@ def plan_kernels(torch_cuda: Optional[str], cuda_home: Optional[str], toolkit_ve
     return KernelPlan(True, None)
 
 
+PROBE_KERNEL = "__global__ void yolact_d2_probe(float* x) { x[0] = 1.0f; }\n"
+
+
+def nvcc_probe_error(cuda_home: str) -> Optional[str]:
+    """None if the toolkit's nvcc compiles a one-line kernel (a few seconds), else its error.
+
+    Catches a toolkit that cannot build at all (e.g. a host compiler that nvcc does not support)
+    before the long build starts; later failures are caught by the build's own CPU fallback."""
+    import tempfile
+
+    arch = re.split(r"[;\s]+", os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS).strip())[0]
+    arch = re.match(r"(\d+)\.(\d+)", arch)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.cu")
+        with open(src, "w") as f:
+            f.write(PROBE_KERNEL)
+        cmd = [os.path.join(cuda_home, "bin", "nvcc"), "-c", src, "-o", os.path.join(tmp, "probe.o")]
+        if arch:
+            cmd.append(f"-arch=sm_{arch.group(1)}{arch.group(2)}")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"{type(e).__name__}: {e}"
+    if proc.returncode == 0:
+        return None
+    lines = (proc.stderr + proc.stdout).strip().splitlines()
+    return (lines[-1] if lines else f"exit status {proc.returncode}")[:300]
+
+
 def current_plan() -> KernelPlan:
     import torch
 
     cuda_home = find_cuda_home()
     version = nvcc_version(cuda_home) if cuda_home and torch.version.cuda else None
-    return plan_kernels(torch.version.cuda, cuda_home, version, os.environ.get("YOLACT_D2_CPU_ONLY") == "1")
+    plan = plan_kernels(torch.version.cuda, cuda_home, version, os.environ.get("YOLACT_D2_CPU_ONLY") == "1")
+    if plan.use_cuda:
+        error = nvcc_probe_error(cuda_home)
+        if error:
+            if os.environ.get("YOLACT_D2_REQUIRE_CUDA") == "1":
+                raise RuntimeError(f"{cuda_home}/bin/nvcc cannot compile a test kernel: {error}")
+            return KernelPlan(False, (
+                f"{os.path.join(cuda_home, 'bin', 'nvcc')} (CUDA {version}) cannot compile a test kernel "
+                f"({error}): building the CPU kernels only (the CUDA ops use the pure-PyTorch path)."
+            ))
+    return plan
 
 
 def _cpu_extension():
@@ -171,6 +210,9 @@ def _build_ext_with_cpu_fallback():
 
 def extensions():
     """(ext_modules, cmdclass entries) for the compiled ops, or none (with a message) without torch."""
+    commands = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if commands and commands[0] in ("egg_info", "dist_info", "sdist"):
+        return [], {}  # metadata / source archive only (pip's first pass): nothing to compile or say yet
     if os.environ.get("YOLACT_D2_NO_EXT") == "1":
         log("YOLACT_D2_NO_EXT=1: installing without the compiled extension (pure-PyTorch ops).")
         return [], {}

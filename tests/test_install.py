@@ -4,12 +4,12 @@ The fast tests run setup.py's decision with fake `nvcc` scripts that report anot
 (oracle: the hand-written cases torch's own build check implies: another major version fails
 torch's build, a minor difference only warns).
 
-The slow test builds a wheel of this tree with `pip install --no-build-isolation .` into a fresh
+The slow tests build a wheel of this tree with `pip install --no-build-isolation .` into a fresh
 venv (torch and the other dependencies are borrowed from this venv through a plain .pth path
 line, appended after the new site-packages, so this venv's editable yolact_d2 finder is not
 active; Detectron2 comes from our wheel in .cache/wheels). The CUDA toolkit it sees is a fake one
-whose nvcc reports torch's CUDA version and cannot compile: the build must fall back to the CPU
-kernels with one message. Then, from a folder outside the repository, the installed package is
+whose nvcc reports torch's CUDA version and cannot compile: the build must make the CPU kernels,
+with one message. Then, from a folder outside the repository, the installed package is
 checked against the checkout: every config shipped byte for byte, Predictor detections, 2
 training iterations of a user's config that inherits ours (same losses as the checkout's run of
 our config), a yacs DefaultPredictor, the console scripts.
@@ -84,6 +84,62 @@ def test_fake_nvcc_on_path_with_another_major_version(tmp_path, monkeypatch):
     assert f"CUDA {other}" in plan.message and f"torch is built for CUDA {torch.version.cuda}" in plan.message
 
 
+@pytest.mark.skipif(torch.version.cuda is None, reason="torch is a CPU build: the CUDA toolkit is not consulted")
+def test_toolkit_that_cannot_compile(tmp_path, monkeypatch):
+    """torch's CUDA version, but nvcc fails on a one-line kernel: CPU kernels, decided in seconds."""
+    toolkit = fake_toolkit(tmp_path / "cuda-broken", torch.version.cuda, can_compile=False)
+    monkeypatch.setenv("CUDA_HOME", toolkit)
+    monkeypatch.delenv("YOLACT_D2_CPU_ONLY", raising=False)
+    monkeypatch.delenv("YOLACT_D2_REQUIRE_CUDA", raising=False)
+    plan = SETUP["current_plan"]()
+    assert not plan.use_cuda and "cannot compile a test kernel" in plan.message and "fake nvcc" in plan.message
+    monkeypatch.setenv("YOLACT_D2_REQUIRE_CUDA", "1")
+    with pytest.raises(RuntimeError, match="cannot compile a test kernel"):
+        SETUP["current_plan"]()
+    working = fake_toolkit(tmp_path / "cuda-ok", torch.version.cuda, can_compile=True)
+    monkeypatch.setenv("CUDA_HOME", working)
+    assert SETUP["current_plan"]() == (True, None)
+
+
+def test_failed_cuda_build_falls_back_to_cpu(monkeypatch, capsys):
+    """A CUDA build failing after the probe (simulated: torch's build step raises for the CUDA
+    extension) rebuilds the same Extension object with the CPU sources and says why once."""
+    import torch.utils.cpp_extension as cpp_ext
+    from setuptools import Distribution
+    from torch.utils.cpp_extension import BuildExtension
+
+    # _cuda_extension points torch at the toolkit: undo that after the test
+    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    monkeypatch.setenv("CUDA_HOME", cuda_home)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", SETUP["DEFAULT_CUDA_ARCHS"])
+    monkeypatch.setattr(cpp_ext, "CUDA_HOME", cpp_ext.CUDA_HOME)
+    calls = []
+
+    def fake_build(self):
+        (ext,) = self.extensions
+        calls.append((ext.yolact_d2_cuda, list(ext.sources)))
+        if ext.yolact_d2_cuda:
+            raise RuntimeError("Error compiling objects for extension")
+
+    monkeypatch.setattr(BuildExtension, "build_extensions", fake_build)
+    monkeypatch.delenv("YOLACT_D2_REQUIRE_CUDA", raising=False)
+    ext = SETUP["_cuda_extension"](cuda_home)
+    cmd = SETUP["_build_ext_with_cpu_fallback"]()(Distribution({"ext_modules": [ext]}))
+    cmd.extensions = [ext]
+    cmd.build_extensions()
+    assert [cuda for cuda, _ in calls] == [True, False]
+    assert any(s.endswith(".cu") for s in calls[0][1]) and not any(s.endswith(".cu") for s in calls[1][1])
+    assert sorted(os.path.basename(s) for s in calls[1][1]) == sorted(
+        f for f in os.listdir(os.path.join(REPO, "yolact_d2", "layers", "csrc")) if f.endswith(".cpp"))
+    assert "nvcc" not in ext.extra_compile_args and "-DWITH_CUDA" not in ext.extra_compile_args["cxx"]
+    assert capsys.readouterr().err.count("[yolact_d2] the CUDA build failed (RuntimeError") == 1
+    monkeypatch.setenv("YOLACT_D2_REQUIRE_CUDA", "1")
+    ext = SETUP["_cuda_extension"](cuda_home)
+    cmd.extensions = [ext]
+    with pytest.raises(RuntimeError, match="Error compiling"):
+        cmd.build_extensions()
+
+
 def test_wrapper_nvcc_on_path_has_no_toolkit_around_it(tmp_path, monkeypatch):
     """/usr/local/bin/nvcc-style wrapper scripts: the toolkit is not their parent folder."""
     wrapper = tmp_path / "bin" / "nvcc"
@@ -141,7 +197,7 @@ def installed(tmp_path_factory):
     build_env = dict(env)
     for key in ("CUDA_HOME", "CUDA_PATH", "YOLACT_D2_CPU_ONLY", "YOLACT_D2_NO_EXT", "YOLACT_D2_REQUIRE_CUDA"):
         build_env.pop(key, None)
-    if torch.version.cuda:  # a toolkit of torch's version whose compiler fails: the CPU fallback must build
+    if torch.version.cuda:  # a toolkit of torch's version whose compiler fails: CPU kernels must be built
         build_env["CUDA_HOME"] = fake_toolkit(root / "broken-cuda", torch.version.cuda, can_compile=False)
     else:
         build_env["YOLACT_D2_CPU_ONLY"] = "1"
@@ -149,7 +205,8 @@ def installed(tmp_path_factory):
                   str(src)], root, build_env, timeout=1200)
     work = root / "work"  # the current directory of every command: outside the repository
     work.mkdir()
-    return {"py": py, "env": env, "site": site, "work": work, "root": root, "build_log": build.stdout + build.stderr}
+    return {"py": py, "env": env, "site": site, "work": work, "root": root, "src": str(src),
+            "build_log": build.stdout + build.stderr}
 
 
 def _installed_python(installed, code, *args):
@@ -163,9 +220,9 @@ def _installed_python(installed, code, *args):
 def test_wheel_build_falls_back_to_cpu_kernels(installed):
     log = installed["build_log"]
     if torch.version.cuda:
-        messages = set(re.findall(r"\[yolact_d2\] the CUDA build failed.*", log))
-        assert len(messages) == 1, log[-3000:]
-        assert "building the CPU kernels only" in messages.pop()
+        messages = re.findall(r"\[yolact_d2\] .*", log)
+        assert len(messages) == 1, log[-3000:]  # one message: why there are no CUDA kernels
+        assert "cannot compile a test kernel" in messages[0] and "building the CPU kernels only" in messages[0]
     info = _installed_python(installed, """
         import json, yolact_d2
         from yolact_d2.layers import backend_info
@@ -194,12 +251,13 @@ def test_installed_model_zoo_ships_every_config(installed):
                           "listed": model_zoo.list_configs()}))
     """)
     assert got["root"] == os.path.join(installed["site"], "yolact_d2", "configs")
-    expected = {}
-    for folder, _, names in os.walk(os.path.join(REPO, "configs")):
+    expected = {}  # the tree that was installed (a copy: the checkout may change meanwhile)
+    configs = os.path.join(installed["src"], "configs")
+    for folder, _, names in os.walk(configs):
         for n in names:
             if n.endswith((".py", ".yaml", ".yml")):
                 p = os.path.join(folder, n)
-                expected[os.path.relpath(p, os.path.join(REPO, "configs"))] = open(p, "rb").read().hex()
+                expected[os.path.relpath(p, configs)] = open(p, "rb").read().hex()
     assert got["files"] == expected
     assert got["depth"] == 50 and got["file"] == os.path.join(got["root"], "yolact", "yolact_R_50_FPN_550.py")
     assert "yolact/yolact_R_50_FPN_550.py" in got["listed"] and "shapes/yolact_shapes_tiny.py" in got["listed"]
