@@ -71,6 +71,9 @@ def add_yolact_config(cfg: CN) -> CN:
     y.FPN.OUT_CHANNELS = 256
     y.FPN.NUM_DOWNSAMPLE = 2  # P6, P7
 
+    # Sub-nodes PROTONET, HEAD, ANCHOR, TEST, LOSS: each key is the upper-case name of a
+    # constructor argument of ProtoNet, YolactHead, YolactPriorGenerator, YolactPostProcessor,
+    # YolactLoss (yolact_d2/modeling/yacs_build.py passes them as they are).
     y.PROTONET = CN()
     y.PROTONET.CONV_DIMS = 256
     y.PROTONET.NUM_CONVS_BEFORE = 3

@@ -52,6 +52,12 @@ def _num_anchors(anchor) -> int:
     return per_level.pop()
 
 
+def _arguments(node) -> Dict:
+    """A sub-node's keys are its part's constructor arguments in upper case (LOSS.BOX_WEIGHT ->
+    YolactLoss(box_weight=...)), so the yacs keys cannot drift from the constructors."""
+    return {key.lower(): value for key, value in node.items()}
+
+
 def yolact_kwargs_from_cfg(cfg) -> Dict:
     """The `Yolact(...)` keyword arguments of a yacs config (see yolact_d2/config.py)."""
     y = _yolact_node(cfg)
@@ -63,59 +69,21 @@ def yolact_kwargs_from_cfg(cfg) -> Dict:
             f"{cfg.MODEL.BACKBONE.NAME!r} ({sorted(shapes)}); use build_yolact_fpn_backbone."
         )
     width = shapes[y.PROTO_FEATURE].channels  # FPN width: protonet and head input
-    num_classes, loss = y.NUM_CLASSES, y.LOSS
-    test = y.TEST
+    num_classes = y.NUM_CLASSES
     return dict(
         backbone=backbone,
-        protonet=ProtoNet(
-            in_channels=width,
-            num_prototypes=y.NUM_PROTOTYPES,
-            conv_dims=y.PROTONET.CONV_DIMS,
-            num_convs_before=y.PROTONET.NUM_CONVS_BEFORE,
-            num_convs_after=y.PROTONET.NUM_CONVS_AFTER,
-        ),
+        protonet=ProtoNet(in_channels=width, num_prototypes=y.NUM_PROTOTYPES, **_arguments(y.PROTONET)),
         head=YolactHead(
             in_channels=width,
             num_classes=num_classes,
             num_anchors=_num_anchors(y.ANCHOR),
             num_prototypes=y.NUM_PROTOTYPES,
-            num_extra_convs=y.HEAD.NUM_EXTRA_CONVS,
+            **_arguments(y.HEAD),
         ),
-        prior_generator=YolactPriorGenerator(
-            scales=y.ANCHOR.SCALES,
-            aspect_ratios=y.ANCHOR.ASPECT_RATIOS,
-            use_pixel_scales=y.ANCHOR.USE_PIXEL_SCALES,
-            preapply_sqrt=y.ANCHOR.PREAPPLY_SQRT,
-            square_anchors=y.ANCHOR.SQUARE_ANCHORS,
-        ),
+        prior_generator=YolactPriorGenerator(**_arguments(y.ANCHOR)),
         num_classes=num_classes,
-        criterion=YolactLoss(
-            num_classes=num_classes,
-            pos_iou=loss.POS_IOU,
-            neg_iou=loss.NEG_IOU,
-            crowd_iou=loss.CROWD_IOU,
-            negpos_ratio=loss.NEGPOS_RATIO,
-            box_weight=loss.BOX_WEIGHT,
-            cls_weight=loss.CLS_WEIGHT,
-            mask_weight=loss.MASK_WEIGHT,
-            semseg_weight=loss.SEMSEG_WEIGHT,
-            masks_to_train=loss.MASKS_TO_TRAIN,
-            maskiou_weight=loss.MASKIOU_WEIGHT,
-            maskiou_discard_area=loss.MASKIOU_DISCARD_AREA,
-            crop_padding=loss.CROP_PADDING,
-        ),
-        post_processor=YolactPostProcessor(
-            conf_thresh=test.CONF_THRESH,
-            nms_iou=test.NMS_IOU,
-            top_k=test.TOP_K,
-            max_detections=cfg.TEST.DETECTIONS_PER_IMAGE,
-            score_thresh=test.SCORE_THRESH,
-            class_agnostic=test.CLASS_AGNOSTIC,
-            standard_nms=test.STANDARD_NMS,
-            crop=test.CROP,
-            mask_threshold=test.MASK_THRESHOLD,
-            integer_boxes=test.INTEGER_BOXES,
-        ),
+        criterion=YolactLoss(num_classes=num_classes, **_arguments(y.LOSS)),
+        post_processor=YolactPostProcessor(max_detections=cfg.TEST.DETECTIONS_PER_IMAGE, **_arguments(y.TEST)),
         pixel_mean=cfg.MODEL.PIXEL_MEAN,
         pixel_std=cfg.MODEL.PIXEL_STD,
         input_format=cfg.INPUT.FORMAT,
