@@ -380,3 +380,25 @@ def test_stuck_mask_loss_warning_only_when_box_loss_falls(caplog):
     assert "Mask loss stuck: 5 at iteration 6, within 2% of its start 5" in run(_ScriptedLossModel(), 0.1)
     # With lr 0 the box loss does not fall either: no mask-loss warning (nothing is learned at all).
     assert "Mask loss stuck" not in run(_ScriptedLossModel(), 0.0)
+
+
+def test_custom_finetune_config_reads_classes_and_scales_lr_and_steps(tmp_path, monkeypatch):
+    from yolact_d2.data.shapes import generate_shapes_dataset
+    from yolact_d2.engine.schedule import resolve_steps
+    from yolact_d2.tools.train_net import load_config
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    # A 3-class COCO-format set in the layout the config expects ($DETECTRON2_DATASETS/custom).
+    generate_shapes_dataset(str(tmp_path / "custom"), num_train=3, num_val=2, image_size=32,
+                            kinds=("circle", "star", "triangle"))
+    config = os.path.join(REPO, "configs/custom/yolact_R_50_FPN_finetune.py")
+    cfg = load_config(config, [])
+    assert cfg.optimizer.lr == 1e-3  # 1.25e-4 per image x batch 8: the official lr
+    assert resolve_steps(cfg.lr_multiplier.steps, cfg.lr_multiplier.max_iter) == [7500, 9200]
+    assert cfg.model.num_classes == cfg.model.head.num_classes == cfg.model.criterion.num_classes == 3
+    assert cfg.dataloader.train.mapper.num_classes == 3
+    cfg = load_config(config, ["dataloader.train.total_batch_size=4", "train.max_iter=2000"])
+    assert cfg.optimizer.lr == 5e-4 and cfg.lr_multiplier.base_lr == 5e-4
+    assert resolve_steps(cfg.lr_multiplier.steps, cfg.lr_multiplier.max_iter) == [1500, 1840]
+    dicts = instantiate(cfg.dataloader.train.dataset)  # the registered custom_train
+    assert len(dicts) == 3 and {a["category_id"] for d in dicts for a in d["annotations"]} <= {0, 1, 2}
