@@ -1,4 +1,5 @@
-"""The official-layout ResNet (from Detectron2 parts) equals torchvision's ResNet (= official YOLACT's)."""
+"""The official-layout ResNet (from Detectron2 parts) equals torchvision's ResNet (= official YOLACT's),
+and ResNet-18/34 (BasicBlocks, for YolactEdge) equal torchvision's resnet18/34."""
 import pytest
 import torch
 import torchvision
@@ -25,10 +26,14 @@ def _torchvision_to_ours(tv_state):
     return out
 
 
-@pytest.mark.parametrize("depth,builder", [(50, torchvision.models.resnet50)])
-def test_matches_torchvision(depth, builder):
+# torchvision resnet{depth}: C3-C5 channels (18/34: BasicBlocks, 50: official YOLACT bottlenecks)
+CHANNELS = {18: [128, 256, 512], 34: [128, 256, 512], 50: [512, 1024, 2048]}
+
+
+@pytest.mark.parametrize("depth", sorted(CHANNELS))
+def test_matches_torchvision(depth):
     torch.manual_seed(depth)
-    tv = builder().eval()
+    tv = getattr(torchvision.models, f"resnet{depth}")().eval()
     with torch.no_grad():  # non-trivial BN statistics so the norm mapping matters
         for m in tv.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -54,13 +59,13 @@ def test_matches_torchvision(depth, builder):
         torch.testing.assert_close(feats[name], want, rtol=1e-4, atol=1e-4)
     shapes = ours.output_shape()
     assert [shapes[f].stride for f in ("res3", "res4", "res5")] == [8, 16, 32]
-    assert [shapes[f].channels for f in ("res3", "res4", "res5")] == [512, 1024, 2048]
+    assert [shapes[f].channels for f in ("res3", "res4", "res5")] == CHANNELS[depth]
 
 
-def test_r101_block_counts_match_official_layout():
-    ours = build_yolact_resnet(101)
-    counts = [len(getattr(ours, f"res{i}")) for i in range(2, 6)]
-    assert counts == [3, 4, 23, 3]  # official resnet101_backbone args
+@pytest.mark.parametrize("depth,blocks", [(18, [2, 2, 2, 2]), (34, [3, 4, 6, 3]), (101, [3, 4, 23, 3])])
+def test_block_counts_match_torchvision_layout(depth, blocks):
+    ours = build_yolact_resnet(depth)
+    assert [len(getattr(ours, f"res{i}")) for i in range(2, 6)] == blocks  # 101: official resnet101_backbone args
 
 
 def test_bad_depth_is_named():
