@@ -43,6 +43,7 @@ from yolact_d2.engine import (  # noqa: E402
     launch,
     use_config_lrs,
 )
+from yolact_d2.engine.schedule import resolve_steps  # noqa: E402
 
 logger = logging.getLogger("detectron2")
 
@@ -152,6 +153,11 @@ def do_train(args, cfg):
     logger.info(f"Model:\n{model}")
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
+    steps = cfg.lr_multiplier.get("steps", ()) if "lr_multiplier" in cfg else ()
+    logger.info(
+        f"Learning rate {cfg.optimizer.lr:g} at total batch size {cfg.dataloader.train.total_batch_size}; LR steps "
+        f"at iterations {resolve_steps(steps, cfg.train.max_iter)} of train.max_iter={cfg.train.max_iter}."
+    )
 
     ddp = dict(cfg.train.get("ddp", {}))
     if cfg.train.device == "cpu":
