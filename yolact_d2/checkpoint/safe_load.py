@@ -157,9 +157,11 @@ def _load_torch(path: str) -> Any:
         error = e
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for bad files
         error = e
+    # torch's weights-only refusal of malformed data reads like a safety refusal: say what it is.
+    reason = "malformed pickle data" if "Weights only load failed" in str(error) else _first_sentence(error)
     raise CheckpointFileError(
         f"cannot read '{path}' as a PyTorch checkpoint (torch.load(weights_only=True)): "
-        f"{type(error).__name__}: {_first_sentence(error)}; the file is "
+        f"{type(error).__name__}: {reason}; the file is "
         f"{_describe_content(path)}. Expected a file written by torch.save ({{'model': state_dict}}), "
         "e.g. a training checkpoint or the output of tools/convert_yolact_weights.py."
     ) from None
