@@ -87,6 +87,7 @@ class YolactCheckpointer(DetectionCheckpointer):
         self.class_dependent_keys = [re.compile(p) for p in class_dependent_keys]
         self.reinitialized_keys = []
         self._strict_now = strict
+        self._loading_path: Optional[str] = None  # for error messages
         if self.save_dir and self.save_to_disk:
             self._remove_stale_temp_files()
 
@@ -152,6 +153,13 @@ class YolactCheckpointer(DetectionCheckpointer):
         return data if "model" in data else {"model": data}
 
     # ------------------------------------------------------------------ loading
+    def load(self, path: str, *args, **kwargs):
+        self._loading_path = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading_path = None
+
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """Resuming our own run is strict; starting from `path` (init_checkpoint) fine-tunes."""
         resuming = resume and self.has_checkpoint()
@@ -195,8 +203,8 @@ class YolactCheckpointer(DetectionCheckpointer):
         skipped = {k for k, _, _ in incompatible.incorrect_shapes}
         # BatchNorm's step counter is filled in by torch itself when a checkpoint lacks it: not counted.
         counted = [k for k in model_shapes if not k.endswith("num_batches_tracked")]
-        missing = set(incompatible.missing_keys)
-        loaded = [k for k in counted if k not in skipped and k not in missing]
+        missing = [k for k in incompatible.missing_keys if k not in skipped]  # fvcore lists skipped ones too
+        loaded = [k for k in counted if k not in skipped and k not in set(missing)]
         if not loaded:
             raise ValueError(
                 f"The checkpoint '{source}' fills none of the model's {len(counted)} parameters and "
@@ -212,13 +220,12 @@ class YolactCheckpointer(DetectionCheckpointer):
             self.logger.warning(
                 "Fine-tuning re-initialisation: the class count differs from the checkpoint, so "
                 f"{len(self.reinitialized_keys)} class-dependent parameter(s) keep their fresh "
-                f"initialisation; everything else loaded:\n{lines}"
+                f"initialisation:\n{lines}"
             )
-        if incompatible.missing_keys:
+        if missing:
             self.logger.warning(
                 f"Fine-tuning from '{source}': it filled {len(loaded)} of the model's {len(counted)} "
-                f"keys; {len(incompatible.missing_keys)} keep their fresh initialisation: "
-                + _group_by_module(incompatible.missing_keys)
+                f"keys; {len(missing)} more keep their fresh initialisation: " + _group_by_module(missing)
             )
         if incompatible.unexpected_keys:
             self.logger.warning(
@@ -227,12 +234,3 @@ class YolactCheckpointer(DetectionCheckpointer):
             )
         # Detectron2 would warn once more per key: the summary above says it all.
         return incompatible._replace(incorrect_shapes=[], missing_keys=[], unexpected_keys=[])
-
-    _loading_path: Optional[str] = None
-
-    def load(self, path: str, *args, **kwargs):
-        self._loading_path = path
-        try:
-            return super().load(path, *args, **kwargs)
-        finally:
-            self._loading_path = None
