@@ -204,3 +204,24 @@ def test_adaptive_schedule(weights, plain_model):
     # forced warps are never overruled by the adaptive rule
     vp(frames[3], keyframe=False)
     assert not vp.last_was_keyframe
+
+
+@pytest.mark.parametrize("depth", [18, 34])
+def test_small_resnet_configs(depth):
+    """The R18/R34 configs: the image model has torchvision's C3-C5 widths and no flow net; the video
+    model runs a keyframe and a warped frame (its partial backbone stops at the BasicBlock res3)."""
+    from detectron2.config import LazyConfig, instantiate
+
+    image_cfg = LazyConfig.load(os.path.join(EDGE, f"yolact_edge_R_{depth}_FPN_550.py"))
+    assert {"model", "dataloader", "optimizer", "lr_multiplier", "train"} <= set(image_cfg.keys())
+    image_model = instantiate(image_cfg.model)
+    assert not image_model.is_video_model and image_model.num_classes == 80
+    shapes = image_model.backbone.bottom_up.output_shape()
+    assert [shapes[f].channels for f in ("res3", "res4", "res5")] == [128, 256, 512]
+    torch.manual_seed(depth)
+    vp = VideoPredictor(os.path.join(EDGE, f"yolact_edge_vid_R_{depth}_FPN_550.py"), device="cpu", opts=OPTS)
+    assert vp.model.num_classes == 40 and len(vp.model.backbone.bottom_up.res4) == {18: 2, 34: 6}[depth]
+    a, b = moving_frames(2)
+    vp(a)
+    out = vp(b)
+    assert vp.num_keyframes == 1 and not vp.last_was_keyframe and out.image_size == (96, 128)
