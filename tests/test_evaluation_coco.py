@@ -5,6 +5,7 @@ Instances whose `scores` are replaced by each task's score.
 """
 import json
 import math
+from pathlib import Path
 
 import pycocotools.mask as mask_util
 import pytest
@@ -132,10 +133,9 @@ def test_without_mask_scores_it_is_coco_evaluator(dataset, tmp_path):
     assert ours["segm"]["AP"] == pytest.approx(MASK_AP_BY_CLASS_SCORE, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["yolact_plus_R_50_FPN_550", "yolact_plus_R_101_FPN_550", "yolact_plus_regnety_4gf_FPN_550"])
+@pytest.mark.parametrize("name", ["yolact_plus_R_50_FPN_550", "yolact_plus_R_101_FPN_550",
+                                  "yolact_plus_regnety_4gf_FPN_550"])
 def test_plus_configs_use_it(name):
-    from pathlib import Path
-
     cfg = LazyConfig.load(str(Path(__file__).resolve().parents[1] / "configs/yolact" / f"{name}.py"))
     assert cfg.dataloader.evaluator._target_ is YolactCOCOEvaluator
     assert cfg.dataloader.evaluator.use_fast_impl is False
