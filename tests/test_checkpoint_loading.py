@@ -5,6 +5,9 @@ error), stale temp files removed, ordinary file modes, class names stored in che
 used by Predictor, and the from-scratch banner."""
 import logging
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,13 +114,25 @@ def test_init_checkpoint_backbone_only_is_summarised_random_dict_is_an_error(tmp
 
 # ---------------------------------------------------------------------------------- files on disk
 def test_stale_temp_files_removed_and_ordinary_modes(tmp_path):
-    stale = [tmp_path / ".tmp_model_0000009.pth.k2j3", tmp_path / ".tmp_last_checkpoint.x8"]
-    for p in stale:
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a writer that was killed: its pid is gone
+    stale = [
+        tmp_path / ".tmp_model_0000009.pth.k2j3",  # older name format (no writer recorded)
+        tmp_path / f".tmp_model_0000019.pth@{host}@{dead.pid}@x81k",
+        tmp_path / f".tmp_last_checkpoint@{host}@{dead.pid}@q2",
+    ]
+    live = [
+        tmp_path / f".tmp_model_0000029.pth@{host}@{os.getpid()}@z9",  # a save in progress (this process)
+        tmp_path / ".tmp_model_0000039.pth@another-host@1@z9",  # another machine's: cannot tell, kept
+    ]
+    for p in stale + live:
         p.write_bytes(b"\0" * 4096)  # a save killed between mkstemp and os.replace
     keep = tmp_path / "model_0000004.pth"
     keep.write_bytes(b"not ours to delete")
     ckpt = YolactCheckpointer(cf.tiny_model(), str(tmp_path), meta={"thing_classes": ["a", "b", "c", "d"]})
-    assert not any(p.exists() for p in stale) and keep.exists()
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in live) and keep.exists()
     ckpt.save("model_0000009")
     want = 0o666 & ~_umask()  # what open() gives a new file (0644 under the usual umask 022)
     for name in ("model_0000009.pth", "last_checkpoint"):

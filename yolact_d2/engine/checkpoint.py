@@ -4,6 +4,7 @@ import glob
 import logging
 import os
 import re
+import socket
 import tempfile
 from collections import defaultdict
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -18,6 +19,32 @@ from yolact_d2.checkpoint.safe_load import CheckpointFileError, load_checkpoint_
 __all__ = ["YolactCheckpointer", "CLASS_DEPENDENT_KEYS"]
 
 _TMP_PREFIX = ".tmp_"
+_HOST = socket.gethostname()
+
+
+def _temp_prefix(path: str) -> str:
+    # ".tmp_<name>@<host>@<pid>@": a later run can tell a dead writer's leftovers from a live save.
+    return f"{_TMP_PREFIX}{os.path.basename(path)}@{_HOST}@{os.getpid()}@"
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process that made this temp file may still be writing it. Files from another host
+    count as alive (we cannot check); files without host/pid (older versions) as dead."""
+    parts = temp_name.split("@")
+    if len(parts) < 4 or not parts[-2].isdigit():
+        return False
+    host, pid = parts[-3], int(parts[-2])
+    if host != _HOST:
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _umask() -> int:
@@ -31,7 +58,7 @@ def _atomic_write(path: str, write_fn) -> None:
     a reader (or a run killed with -9 at any moment) sees the old file or the new one, never half.
     The result gets the mode a plain open() would give (0666 & ~umask): mkstemp makes 0600."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + os.path.basename(path) + ".", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
@@ -93,8 +120,10 @@ class YolactCheckpointer(DetectionCheckpointer):
 
     # ------------------------------------------------------------------ saving
     def _remove_stale_temp_files(self) -> None:
-        """A save killed between mkstemp and os.replace leaves a full-size hidden temp file."""
-        stale = sorted(glob.glob(os.path.join(glob.escape(self.save_dir), _TMP_PREFIX + "*")))
+        """A save killed between mkstemp and os.replace leaves a full-size hidden temp file. Those of
+        live writers (e.g. a training run while this process only evaluates) are left alone."""
+        found = glob.glob(os.path.join(glob.escape(self.save_dir), _TMP_PREFIX + "*"))
+        stale = sorted(p for p in found if not _writer_alive(os.path.basename(p)))
         for path in stale:
             if os.path.isfile(path):
                 os.remove(path)
