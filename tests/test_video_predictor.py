@@ -126,6 +126,10 @@ def test_bad_config_frame_and_arguments(weights, tmp_path):
         VideoPredictor(VID_R18, weights, device="cpu", adaptive={"motion": 2.0}, opts=OPTS)
     with pytest.raises(ValueError, match="set max_motion"):
         AdaptiveKeyframes()
+    image_weights = fx.write_checkpoint(str(tmp_path / "image.pth"), config=os.path.join(EDGE, "yolact_edge_R_18_FPN_550.py"),
+                                        opts=OPTS, num_classes=40)
+    with pytest.raises(ValueError, match=r"(?s)Missing in the checkpoint: flow_net\..*image-model checkpoint"):
+        VideoPredictor(VID_R18, image_weights, device="cpu", opts=OPTS)
     vp = VideoPredictor(VID_R18, weights, device="cpu", opts=OPTS)
     frame = moving_frames(1)[0]
     with pytest.raises(TypeError, match="VideoPredictor: frame has dtype float32"):

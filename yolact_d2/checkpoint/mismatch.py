@@ -63,6 +63,12 @@ class StateDictDiff:
                 )
         if self.missing:
             parts.append("Missing in the checkpoint: " + _listed([f"{k} {list(s)}" for k, s in self.missing.items()]))
+            if all(k.startswith(("flow_net.", "spa.")) for k in self.missing):
+                parts.append(
+                    "Only YolactEdge's video parts (flow_net / spa) are missing: this is an image-model checkpoint "
+                    "and the config a video model. Use the image config (configs/yolact_edge/yolact_edge_*.py "
+                    "without vid_), or a video checkpoint (the flow net and SPA cannot stay random)."
+                )
         if self.unexpected:
             parts.append(
                 "Not in the model: "
