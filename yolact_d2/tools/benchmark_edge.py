@@ -16,6 +16,11 @@ keyframe = preprocess, backbone (full bottom-up), fpn_phase1 (+ the flow net's p
 the non-keyframes), rest; non-keyframe = preprocess, partial_backbone (to C3), flow (C3 lateral,
 pre-conv, FlowNetMini), warp (P4/P5 warped x scale + bias, P3 rebuilt, SPA), rest. "rest" is the
 same work on both: FPN phase 2, protonet, head, Fast NMS, masks.
+
+--schedule-study N (`schedule_study`): the fixed interval against adaptive keyframes
+(--study-motion / --study-residual thresholds, gaps up to twice the interval) on N frames of a
+camera panning over a synthetic scene at changing speeds; each schedule's keyframe fraction (its
+cost) and its mask agreement with the full network run on every frame (the oracle).
 """
 import os
 import tempfile
