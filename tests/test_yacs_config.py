@@ -19,16 +19,9 @@ import yolact_d2
 from inference_fixtures import R50_CONFIG, SMALL_INPUT, SMALL_OPTS, test_image, write_checkpoint
 from yacs_fixtures import REPO, tiny_shapes_cfg, yacs_cfg
 
-PAIRS = {  # yacs yaml -> LazyConfig file of the same model
-    "yolact_R_50_FPN_550": "yolact_R_50_FPN_550",
-    "yolact_R_101_FPN_550": "yolact_R_101_FPN_550",
-    "yolact_plus_R_50_FPN_550": "yolact_plus_R_50_FPN_550",
-    "yolact_plus_R_101_FPN_550": "yolact_plus_R_101_FPN_550",
-}
-
-
 def lazy_model(name, input_size):
-    cfg = LazyConfig.load(str(REPO / "configs/yolact" / f"{PAIRS[name]}.py"))
+    """The model of configs/yolact/<name>.py: each configs/yacs/<name>.yaml has a namesake there."""
+    cfg = LazyConfig.load(str(REPO / "configs/yolact" / f"{name}.py"))
     cfg.model.input_size = input_size
     return instantiate(cfg.model)
 
@@ -79,6 +72,7 @@ CASES = [
     ("yolact_R_101_FPN_550", SMALL_INPUT, True),
     ("yolact_plus_R_50_FPN_550", 256, True),
     ("yolact_plus_R_101_FPN_550", 256, False),
+    ("yolact_D_53_FPN_550", SMALL_INPUT, False),
 ]
 
 
