@@ -5,7 +5,6 @@ Oracles: the LazyConfig model of the same name (configs/yolact/*.py, built witho
 code): same modules and attributes, state-dict keys/shapes and buffers, and identical detections
 with the same weights; yolact_d2.Predictor for DefaultPredictor.
 """
-
 import numpy as np
 import pytest
 import torch
@@ -18,6 +17,7 @@ from detectron2.modeling import build_model
 import yolact_d2
 from inference_fixtures import R50_CONFIG, SMALL_INPUT, SMALL_OPTS, test_image, write_checkpoint
 from yacs_fixtures import REPO, tiny_shapes_cfg, yacs_cfg
+
 
 def lazy_model(name, input_size):
     """The model of configs/yolact/<name>.py: each configs/yacs/<name>.yaml has a namesake there."""
