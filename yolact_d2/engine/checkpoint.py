@@ -1,7 +1,6 @@
 """DetectionCheckpointer with safe reading, atomic saves, strict evaluation loading and
 class-count-aware fine-tuning."""
 import glob
-import logging
 import os
 import re
 import socket
