@@ -2,7 +2,6 @@
 class-count-aware fine-tuning."""
 import glob
 import os
-import re
 import socket
 import tempfile
 from collections import defaultdict
@@ -12,7 +11,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from yolact_d2.checkpoint.mismatch import CLASS_DEPENDENT_KEYS, StateDictDiff
+from yolact_d2.checkpoint.mismatch import CLASS_DEPENDENT_KEYS, StateDictDiff, is_class_dependent
 from yolact_d2.checkpoint.safe_load import CheckpointFileError, load_checkpoint_file
 
 __all__ = ["YolactCheckpointer", "CLASS_DEPENDENT_KEYS"]
@@ -110,7 +109,7 @@ class YolactCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
         self.meta = dict(meta or {})
-        self.class_dependent_keys = [re.compile(p) for p in class_dependent_keys]
+        self.class_dependent_keys = tuple(class_dependent_keys)  # regexes
         self.reinitialized_keys = []
         self._strict_now = strict
         self._loading_path: Optional[str] = None  # for error messages
@@ -197,9 +196,6 @@ class YolactCheckpointer(DetectionCheckpointer):
         finally:
             self._strict_now = self.strict
 
-    def _is_class_dependent(self, key: str) -> bool:
-        return any(p.search(key) for p in self.class_dependent_keys)
-
     def _load_model(self, checkpoint):
         state = checkpoint.get("model", {})
         got_shapes = {
@@ -220,7 +216,7 @@ class YolactCheckpointer(DetectionCheckpointer):
         return self._fine_tuning_report(incompatible, model_shapes, source)
 
     def _fine_tuning_report(self, incompatible, model_shapes, source):
-        bad = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if not self._is_class_dependent(k)]
+        bad = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if not is_class_dependent(k, self.class_dependent_keys)]
         if bad:
             lines = "\n".join(f"  {k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in bad)
             raise ValueError(
