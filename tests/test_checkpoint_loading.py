@@ -236,3 +236,17 @@ def test_from_scratch_banner_only_where_it_applies():
     with _Records(train_net.logger) as log:
         train_net.warn_if_training_from_scratch(r50, resuming=False)
     assert log.messages == []
+
+
+def test_predictor_uses_the_class_names_stored_in_the_checkpoint(tmp_path):
+    """Predictor built from a bare model node (no dataset): names from the checkpoint's meta; a
+    meta with another class count is not used (numbered classes instead)."""
+    from yolact_d2 import Predictor
+
+    model_node = cf.tiny_cfg().model
+    names = ["disc", "box", "wedge", "spark"]
+    YolactCheckpointer(cf.tiny_model(), str(tmp_path), meta={"thing_classes": names}).save("named")
+    YolactCheckpointer(cf.tiny_model(), str(tmp_path), meta={"thing_classes": names[:3]}).save("three")
+    assert Predictor(model_node, str(tmp_path / "named.pth"), device="cpu", optimize=False).metadata.thing_classes == names
+    three = Predictor(model_node, str(tmp_path / "three.pth"), device="cpu", optimize=False)
+    assert three.metadata.thing_classes == ["class 0", "class 1", "class 2", "class 3"]
