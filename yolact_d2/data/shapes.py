@@ -21,6 +21,7 @@ so ground truth and pixels agree exactly.
 """
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ import uuid
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
+
+from .datasets import category_metadata, load_coco_json_checked, register_coco_dataset, register_dataset
 
 __all__ = [
     "DEFAULT_KINDS",
@@ -344,8 +347,6 @@ def register_shapes(root=None, splits=_SPLITS, prefix="shapes"):
     """Register "<prefix>_train"/"<prefix>_val" for a shapes set already generated at `root`
     (default: shapes_default_root()) with register_coco_dataset: class names now, the json checked
     when loaded. Re-registering the same paths is a no-op; other paths replace the registration."""
-    from .datasets import register_coco_dataset
-
     root = os.path.abspath(root or shapes_default_root())
     return [register_coco_dataset(f"{prefix}_{split}", os.path.join(root, "annotations", f"instances_{split}.json"),
                                   os.path.join(root, split))
@@ -353,8 +354,6 @@ def register_shapes(root=None, splits=_SPLITS, prefix="shapes"):
 
 
 def _generate_and_load(root, split, name, generate_kwargs):
-    from .datasets import load_coco_json_checked
-
     json_file, image_root = generate_shapes_dataset(root, **generate_kwargs)[split]
     return load_coco_json_checked(json_file, image_root, name)
 
@@ -364,10 +363,6 @@ def prepare_shapes(root=None, prefix="shapes", **generate_kwargs):
     shapes_default_root()) with these generate_shapes_dataset parameters. Nothing is written now:
     a split is generated (idempotently, atomically) when it is first read through DatasetCatalog.
     Class names are in the metadata at once; bad parameters raise now. Returns the names."""
-    import inspect
-
-    from .datasets import category_metadata, register_dataset
-
     root = os.path.abspath(root or shapes_default_root())
     bound = inspect.signature(generate_shapes_dataset).bind(root, **generate_kwargs)
     bound.apply_defaults()
