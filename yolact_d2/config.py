@@ -21,7 +21,6 @@ YOLACT_STANDARD_VALUES = (
     ("MODEL.MASK_ON", True, "DatasetMapper loads gt_masks only then"),
     ("MODEL.BACKBONE.FREEZE_AT", 0, "official YOLACT trains every backbone conv"),
     ("MODEL.RESNETS.OUT_FEATURES", ["res3", "res4", "res5"], "the FPN takes C3-C5"),
-    ("MODEL.RESNETS.STRIDE_IN_1X1", False, "torchvision layout (build_resnet_backbone users)"),
     ("MODEL.PIXEL_MEAN", [103.94, 116.78, 123.68], "official MEANS (BGR)"),
     ("MODEL.PIXEL_STD", [57.38, 57.12, 58.40], "official STD (BGR)"),
     # The model resizes itself (squash to MODEL.YOLACT.INPUT_SIZE): DefaultPredictor's
