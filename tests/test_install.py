@@ -357,6 +357,6 @@ def test_installed_yacs_default_predictor(installed, tmp_path):
 @pytest.mark.slow
 def test_installed_console_scripts(installed):
     bin_dir = os.path.dirname(installed["py"])
-    for name in ("yolact-demo", "yolact-train-net", "yolact-export-model"):
+    for name in ("yolact-demo", "yolact-train-net"):
         proc = _run([os.path.join(bin_dir, name), "--help"], installed["work"], installed["env"])
         assert "--config" in proc.stdout, (name, proc.stdout[-500:])
