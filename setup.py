@@ -8,9 +8,9 @@ In pip's default isolated build there is no torch; yolact_d2 is then installed w
 extension (its pure-PyTorch ops give the same results, slower) and this says so.
 
 CUDA kernels are built when a CUDA toolkit (CUDA_HOME, nvcc on PATH, or /usr/local/cuda) has the
-same major version as torch's CUDA. A toolkit of another major version, or a CUDA build that
-fails, gives a CPU-kernel build with one message saying why (YOLACT_D2_REQUIRE_CUDA=1 makes it
-an error instead). YOLACT_D2_CPU_ONLY=1 forces a CPU-only build, YOLACT_D2_NO_EXT=1 skips the
+same major version as torch's CUDA. A toolkit of another major version, one whose nvcc cannot
+compile a one-line test kernel, or a CUDA build that fails, gives a CPU-kernel build with one
+message saying why (YOLACT_D2_REQUIRE_CUDA=1 makes it an error instead). YOLACT_D2_CPU_ONLY=1 forces a CPU-only build, YOLACT_D2_NO_EXT=1 skips the
 extension, TORCH_CUDA_ARCH_LIST overrides the default GPU architectures.
 """
 import glob
