@@ -7,6 +7,7 @@ layout with seeded values: a stand-in for the real weights in tests and fidelity
 """
 import math
 import os
+import re
 from collections import OrderedDict
 from typing import List, Tuple
 
@@ -68,18 +69,28 @@ def synthetic_official_state_dict(config_name: str, seed: int = 0, conf_bias_std
                 v = v * 0.1  # small offsets: deformable convs stay close to regular ones
             elif "bbox_layer" in key:
                 v = v * 0.1  # box deltas ~0.1-1: boxes near their priors, no exp overflow
-            elif key.startswith("flow_net.pred") and ".conv." in key:
-                v = v * 0.05  # YolactEdge flows of a few pixels, not off the map
+            elif key.startswith("flow_net.pred"):
+                # YolactEdge flows of a few pixels, scale ~1 and bias ~0: a warp that keeps the keyframe
+                # features recognisable, as a trained one does
+                v = v * 0.05
+            elif key.startswith("spa."):
+                v = v * 0.1  # SPA adds a small correction to the warped P4/P5
         elif leaf == "running_var":
             v = 1.0 + 0.1 * torch.rand(shape, generator=g)
         elif leaf == "running_mean":
             v = 0.05 * torch.randn(shape, generator=g)
-        elif leaf == "weight" and (".bn3." in key or key.endswith("1.weight") and ".downsample." in key):
+        elif leaf == "weight" and (
+            ".bn3." in key
+            or key.endswith("1.weight") and ".downsample." in key
+            or re.fullmatch(r"backbone\.layers\.\d+\.\d+\.conv\.[23]\.weight", key)  # MobileNetV2 projection BN
+        ):
             # last norm of each residual branch small (as zero-init-residual training would
             # leave it) so activations stay O(1) through 16-33 blocks
             v = 0.2 + 0.05 * torch.rand(shape, generator=g)
         elif leaf == "weight":  # norm scale
             v = 1.0 + 0.05 * torch.randn(shape, generator=g)
+        elif key.startswith("flow_net.pred") and ".scale." in key and leaf == "bias":
+            v = 1.0 + 0.05 * torch.randn(shape, generator=g)  # official init: scale bias 1
         elif "conf_layer" in key and leaf == "bias":
             v = conf_bias_std * torch.randn(shape, generator=g)
         else:  # biases
