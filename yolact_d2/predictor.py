@@ -417,7 +417,6 @@ class VideoPredictor(Predictor):
         inputs = [self._to_input(frame)]
         measures: Dict[str, float] = {}
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
-            outputs = None
             if reason is None:
                 adaptive = self.adaptive is not None and keyframe is None
                 outputs, measures = self._warped(inputs, measure=adaptive)
