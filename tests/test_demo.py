@@ -108,6 +108,7 @@ def test_demo_bad_input(weights, tmp_path):
     assert proc.returncode != 0 and "missing.jpg' does not exist" in proc.stderr
 
 
+@pytest.mark.slow
 def test_demo_detectron2_flags_skip_unreadable_file(weights, tmp_path):
     """Detectron2's flags (--config-file as a model-zoo name, --video-input, --webcam with a stream
     path, --opts KEY VALUE with MODEL.WEIGHTS / MODEL.DEVICE); a broken file is skipped, exit 1."""
