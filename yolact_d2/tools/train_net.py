@@ -254,7 +254,10 @@ def parse_args(argv=None):
 
 
 def cli(argv=None):
+    from yolact_d2.model_zoo import resolve_config_file
+
     args = parse_args(argv)
+    args.config_file = resolve_config_file(args.config_file)  # a file, or a model-zoo name (installed use)
     # Load once in the parent: bad overrides fail here, and the device picks the launcher.
     cfg = load_config(args.config_file, args.opts)
     launch(
@@ -272,10 +275,11 @@ def run_cli(argv=None) -> int:
     """Console entry point: a typo in an override is one clear line, not a traceback."""
     from yolact_d2.checkpoint import CheckpointFileError, WeightsMismatchError
     from yolact_d2.engine import ConfigOverrideError, UnknownConfigKeyError
+    from yolact_d2.model_zoo import ConfigNotFoundError
 
     try:
         cli(argv)
-    except (UnknownConfigKeyError, ConfigOverrideError) as e:
+    except (UnknownConfigKeyError, ConfigOverrideError, ConfigNotFoundError) as e:
         print(f"train_net.py: error: {e}", file=sys.stderr)
         return 2
     except (CheckpointFileError, WeightsMismatchError) as e:  # a weights file that is unsafe, unreadable or does not fit
