@@ -105,3 +105,15 @@ def test_user_config_outside_the_repo_inherits_ours(tmp_path, style):
     predictor = Predictor(str(user), device="cpu", optimize=False)  # the public entry point takes it
     head = predictor.model.head
     assert head.num_classes == 3 and head.cls_score.out_channels == head.num_anchors * 4
+
+
+def test_predictor_takes_model_zoo_names(tmp_path, monkeypatch):
+    """Outside the repository a config is found by its zoo name (with or without "configs/")."""
+    from yolact_d2.predictor import load_model_config
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("yolact/yolact_R_101_FPN_400.py", "configs/yolact/yolact_R_101_FPN_400.py"):
+        _, model = load_model_config(name)
+        assert model.input_size == 400 and model.backbone.bottom_up.depth == 101
+    with pytest.raises(FileNotFoundError, match="Did you mean 'yolact/yolact_R_101_FPN_400.py'"):
+        load_model_config("yolact/yolact_R_101_FPN_40.py")

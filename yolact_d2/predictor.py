@@ -45,11 +45,16 @@ def load_model_config(config, opts: Sequence[str] = ()):
     """
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"Predictor: config file '{path}' does not exist; pass a LazyConfig .py file such as "
-                "configs/yolact/yolact_R_50_FPN_550.py (relative to the repository) or a loaded config."
-            )
+        if not os.path.isfile(path):  # a model-zoo name ("yolact/yolact_R_50_FPN_550.py"), also when installed
+            from yolact_d2.model_zoo import ConfigNotFoundError, get_config_file
+
+            try:
+                path = get_config_file(path)
+            except ConfigNotFoundError as e:
+                raise FileNotFoundError(
+                    f"Predictor: config file '{path}' does not exist, and {e} Pass a LazyConfig .py file, "
+                    "a model-zoo name such as yolact/yolact_R_50_FPN_550.py, or a loaded config."
+                ) from None
         cfg = LazyConfig.load(path)
     else:
         cfg = config
