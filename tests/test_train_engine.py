@@ -337,6 +337,7 @@ def test_diverged_checkpoints_are_withdrawn_and_the_last_good_one_tagged(tmp_pat
 
 
 # ---------------------------------------------------------------------------------- health
+@pytest.mark.slow
 def test_dead_prototypes_warning_with_hand_set_dead_channels(caplog):
     import itertools
 
