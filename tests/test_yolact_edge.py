@@ -133,6 +133,20 @@ def test_identity_transfer_reproduces_the_keyframe(video_model):
 
 
 @torch.no_grad()
+def test_mobilenet_v2_runs_in_video_mode():
+    """Beyond official (MobileNetV2 only on images there): the partial backbone stops at stage3."""
+    torch.manual_seed(0)
+    model = identity_transfer(build("configs/yolact_edge/yolact_edge_vid_mobilenetv2_FPN_550.py"))
+    assert model.is_video_model and model.backbone.in_features[0] == "stage3"
+    images = model.preprocess_image(frames(1, seed=7)).tensor
+    feats_key, state = model.keyframe_features(images)
+    assert state.lateral.shape == (1, 256, 20, 20)
+    feats_warp = model.warped_features(images, state)
+    for name in feats_key:
+        torch.testing.assert_close(feats_warp[name], feats_key[name], atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
 def test_warped_frames_move_with_the_flow(video_model):
     """Real (seeded) flow weights: a non-keyframe differs from its keyframe but stays a valid result."""
     inputs = frames(2, seed=5)
