@@ -274,7 +274,7 @@ def cli(argv=None):
 def run_cli(argv=None) -> int:
     """Console entry point: a typo in an override is one clear line, not a traceback."""
     from yolact_d2.checkpoint import CheckpointFileError, WeightsMismatchError
-    from yolact_d2.engine import ConfigOverrideError, UnknownConfigKeyError
+    from yolact_d2.engine import ConfigOverrideError, NonFiniteLossError, UnknownConfigKeyError
     from yolact_d2.model_zoo import ConfigNotFoundError
 
     try:
@@ -283,6 +283,9 @@ def run_cli(argv=None) -> int:
         print(f"train_net.py: error: {e}", file=sys.stderr)
         return 2
     except (CheckpointFileError, WeightsMismatchError) as e:  # a weights file that is unsafe, unreadable or does not fit
+        print(f"train_net.py: error: {e}", file=sys.stderr)
+        return 1
+    except NonFiniteLossError as e:  # diverged: the trainer already logged the traceback to the log
         print(f"train_net.py: error: {e}", file=sys.stderr)
         return 1
     return 0
