@@ -15,7 +15,7 @@ class _MatchingNaiveSyncBatchNorm(NaiveSyncBatchNorm):
     update uses the unbiased variance of all n values a channel has over the processes, as BatchNorm2d."""
 
     def forward(self, input):
-        if comm.get_world_size() == 1 or not self.training or self._stats_mode != "" or not self.momentum:
+        if comm.get_world_size() == 1 or not self.training or getattr(self, "_stats_mode", "") != "" or not self.momentum:
             return super().forward(input)
         old = self.running_var.clone()
         out = super().forward(input)
