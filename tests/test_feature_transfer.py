@@ -46,6 +46,8 @@ def test_per_pixel_flow_follows_official_grid():
 def test_warp_rejects_mismatched_flow():
     with pytest.raises(ValueError, match=r"flow \(1, 2, 4, 4\) must be \(N, 2\) at the feature's size \(5, 5\)"):
         warp_features(torch.zeros(1, 3, 5, 5), torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="a 1x4 map has no official warp grid"):
+        warp_features(torch.zeros(1, 3, 1, 4), torch.zeros(1, 2, 1, 4))
 
 
 @pytest.mark.parametrize(

@@ -116,6 +116,7 @@ def identity_transfer(model):
     return model
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_identity_transfer_reproduces_the_keyframe(video_model):
     model = identity_transfer(video_model)

@@ -7,7 +7,7 @@ keyframe's phase-1 P4/P5 are warped by the predicted flow (`warp_features`) and 
 rebuilt from the warped P4 and the current C3 lateral, and `SPA` refines P4/P5 with the current
 lateral (Liu et al., "YolactEdge", ICRA 2021).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -31,7 +31,6 @@ class KeyframeState:
     input_size: Tuple[int, int]
     image_size: Tuple[int, int]
     flow_feature: Optional[torch.Tensor] = None
-    extra: Dict = field(default_factory=dict)
 
 
 def partial_backbone_forward(bottom_up: nn.Module, x: torch.Tensor, until: str) -> Dict[str, torch.Tensor]:
@@ -77,6 +76,8 @@ def warp_features(feature: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
             f"warp_features: flow {tuple(flow.shape)} must be (N, 2) at the feature's size {tuple(feature.shape[-2:])}."
         )
     n, _, h, w = flow.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"warp_features: a {h}x{w} map has no official warp grid (it divides by h-1, w-1); use a larger input.")
     ys = torch.arange(h, dtype=flow.dtype, device=flow.device) * (2.0 / (h - 1)) - 1
     xs = torch.arange(w, dtype=flow.dtype, device=flow.device) * (2.0 / (w - 1)) - 1
     base = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)], dim=0)  # (2, h, w)
