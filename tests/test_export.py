@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import inference_fixtures as fx
-from yolact_d2.export.optimize import fold_batch_norm
-from yolact_d2.export.wrapper import YolactExportWrapper
+from yolact_d2.deploy.optimize import fold_batch_norm
+from yolact_d2.deploy.wrapper import YolactExportWrapper
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def assert_same(got, want):
 
 
 def test_wrapper_matches_inference_with_padding(state):
-    from yolact_d2.export.onnx import outputs_to_instances
+    from yolact_d2.deploy.onnx import outputs_to_instances
 
     model = fx.build_model(opts=fx.SMALL_OPTS + ["model.post_processor.score_thresh=0.3"])
     model.load_state_dict(state)
@@ -75,7 +75,7 @@ def test_wrapper_rejects_unsupported(state):
 def test_onnx_runtime_same_detections(state, tmp_path):
     import onnx
 
-    from yolact_d2.export.onnx import OnnxPredictor, export_onnx
+    from yolact_d2.deploy.onnx import OnnxPredictor, export_onnx
 
     model = fx.build_model()
     model.load_state_dict(state)

@@ -10,7 +10,7 @@ import torch
 import inference_fixtures as fx
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from yolact_d2 import Predictor
-from yolact_d2.export.optimize import fold_batch_norm
+from yolact_d2.deploy.optimize import fold_batch_norm
 from yolact_d2.predictor import WeightsMismatchError
 
 
@@ -220,7 +220,7 @@ def test_fold_skips_training_batch_norm():
 def test_onednn_conv_relu_rewrite_is_exact():
     import copy
 
-    from yolact_d2.export.optimize import MkldnnConv2d, fuse_conv_relu, fuse_head_predictors
+    from yolact_d2.deploy.optimize import MkldnnConv2d, fuse_conv_relu, fuse_head_predictors
 
     model = fx.build_model()
     model.load_state_dict(fx.seeded_state_dict(seed=0))

@@ -162,7 +162,7 @@ def test_warped_frames_move_with_the_flow(video_model):
 @pytest.mark.slow
 @torch.no_grad()
 def test_optimized_model_keeps_video_results(video_model):
-    from yolact_d2.export.optimize import optimize_for_inference
+    from yolact_d2.deploy.optimize import optimize_for_inference
 
     inputs = frames(2, seed=6)
     _, state = video_model.inference_video(inputs[:1])

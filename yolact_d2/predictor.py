@@ -25,7 +25,7 @@ from detectron2.structures import Instances
 
 from yolact_d2.checkpoint.mismatch import StateDictDiff, WeightsMismatchError
 from yolact_d2.checkpoint.safe_load import checkpoint_meta, load_checkpoint_file, model_state_from
-from yolact_d2.export.optimize import optimize_for_inference
+from yolact_d2.deploy.optimize import optimize_for_inference
 
 __all__ = ["Predictor", "VideoPredictor", "load_model_config", "load_weights", "WeightsMismatchError"]
 
@@ -192,7 +192,7 @@ class Predictor:
         score_threshold: if given, overrides model.post_processor.score_thresh (detections need
             score > it).
         opts: "key=value" LazyConfig overrides, e.g. ["model.post_processor.top_k=100"].
-        optimize: inference rewrites from yolact_d2.export.optimize (batch norms folded, head convs
+        optimize: inference rewrites from yolact_d2.deploy.optimize (batch norms folded, head convs
             stacked, channels_last, oneDNN conv+ReLU on CPU): same detections up to float rounding,
             ~1.16x faster end to end on the idle 2-core CPU here (more on a busy one). False runs
             the model exactly as configured.

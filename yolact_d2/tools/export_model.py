@@ -9,7 +9,7 @@
 The exported graph takes "images" (B, 3, H, W) uint8 BGR (batch, height and width dynamic; one size
 per call) and returns boxes (B, D, 4) pixels, scores (B, D), classes (B, D) (-1 = padding),
 masks (B, D, H, W) bool and num_detections (B,), D = max_detections (100). ONNX: opset 18, run it
-with yolact_d2.export.onnx.OnnxPredictor or any onnxruntime session. Batch norms are folded into
+with yolact_d2.deploy.onnx.OnnxPredictor or any onnxruntime session. Batch norms are folded into
 the convs before export.
 """
 import argparse
@@ -60,9 +60,9 @@ def main(argv=None) -> int:
     import cv2
 
     from yolact_d2 import Predictor
-    from yolact_d2.export.onnx import OnnxPredictor, export_onnx, outputs_to_instances
-    from yolact_d2.export.optimize import fold_batch_norm
-    from yolact_d2.export.torchscript import export_program, export_torchscript
+    from yolact_d2.deploy.onnx import OnnxPredictor, export_onnx, outputs_to_instances
+    from yolact_d2.deploy.optimize import fold_batch_norm
+    from yolact_d2.deploy.torchscript import export_program, export_torchscript
     from yolact_d2.model_zoo import resolve_config_file
 
     predictor = Predictor(resolve_config_file(args.config), args.weights, device="cpu", opts=args.opts, optimize=False)

@@ -16,8 +16,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from yolact_d2.export.onnx import _sample_images
-from yolact_d2.export.wrapper import YolactExportWrapper
+from yolact_d2.deploy.onnx import _sample_images
+from yolact_d2.deploy.wrapper import YolactExportWrapper
 
 __all__ = ["export_torchscript", "export_program"]
 

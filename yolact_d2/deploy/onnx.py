@@ -1,6 +1,6 @@
 """ONNX export of a whole YOLACT (resize, network, Fast NMS, mask assembly) and an onnxruntime runner.
 
-    from yolact_d2.export.onnx import export_onnx, OnnxPredictor
+    from yolact_d2.deploy.onnx import export_onnx, OnnxPredictor
     export_onnx(predictor.model, "yolact.onnx")                 # opset 18, dynamic batch/height/width
     instances = OnnxPredictor("yolact.onnx")(cv2.imread("x.jpg"))
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from detectron2.structures import Boxes, Instances
 
-from yolact_d2.export.wrapper import OUTPUT_NAMES, YolactExportWrapper
+from yolact_d2.deploy.wrapper import OUTPUT_NAMES, YolactExportWrapper
 
 __all__ = ["export_onnx", "OnnxPredictor", "outputs_to_instances"]
 
