@@ -1,0 +1,573 @@
+"""One prepared command for a short-lived CUDA machine: install, build, check and measure.
+
+Here (a machine with the package registry):
+    python tools/gpu_check.py --make-wheelhouse wheelhouse      # cp312 wheels, < 20 MB
+
+There (a fresh CUDA machine with Python 3.12, torch, torchvision, nvcc; no registry, no Detectron2):
+    python tools/gpu_check.py --wheelhouse wheelhouse --output $OUT/gpu_check
+
+Anywhere, on CPU (what CI runs, so the script cannot rot):
+    python tools/gpu_check.py --dry-run --output out/gpu_check [--wheelhouse wheelhouse]
+
+Steps, in order, each in its own subprocess with its own time box (a CUDA crash or a hang ends only
+that step); when the total --budget-s is spent, the remaining steps are skipped with the reason:
+
+  install         pip install --no-index --no-deps --target <output>/site wheelhouse/*.whl
+  build_extension setup.py build_ext --inplace against the local torch; a CPU-only build is FAILED
+  op_tests        pytest tests/test_ops.py -k cuda
+  ops_compare     Fast NMS (19,248 priors x 80 classes) and crop (100 masks, 138x138 and 550x550):
+                  device kernel vs the CPU kernel and the pure-PyTorch path, bit-exact
+  inference       Predictor on the device vs on CPU, same seeded weights, per config: same
+                  classes, score difference, mean mask IoU (VideoPredictor for YolactEdge video)
+  train_amp       train_net.py on the tiny shapes set, AMP on, 50 iterations: finite, decreasing
+  ddp_nccl        train_net.py --num-gpus 2 (NCCL), when the machine has 2 GPUs
+  benchmark_ops   tools/benchmark_ops.py --device cuda
+  benchmark       tools/benchmark.py --device cuda, fp32/fp16, batch 1 and 8, per config
+
+--dry-run runs every step on CPU (device=cpu on both sides of each comparison, 3 training
+iterations without AMP, one-round benchmarks) and reports each CUDA call as skipped with the reason.
+Results: <output>/gpu_check.json (one entry per step: status passed/failed/skipped, reason,
+seconds, figures) and <output>/gpu_check.log (every subprocess's output). Exit status 0 when no
+step failed.
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+
+# ------------------------------------------------------------------------------- the wheelhouse
+# What our stack needs beyond what the GPU machine has (python 3.12, torch, torchvision, numpy,
+# Pillow, OpenCV, ONNX, ONNX Runtime, TensorBoard, matplotlib, SciPy, sympy). Versions are pinned
+# to this environment's, the ones the suite passes with.
+PURE_PACKAGES = (  # py3-none-any wheels: any platform
+    "fvcore", "iopath", "omegaconf", "hydra-core", "antlr4-python3-runtime", "yacs", "tabulate",
+    "termcolor", "cloudpickle", "portalocker", "tqdm", "packaging",
+    "pytest", "iniconfig", "pluggy", "pygments", "onnxscript", "onnx-ir",
+)
+BINARY_PACKAGES = ("pycocotools", "faster-coco-eval", "PyYAML", "ml_dtypes")  # cp312 manylinux
+SDIST_ONLY = ("fvcore", "antlr4-python3-runtime")  # no wheel on the registry: built here
+PLATFORM_ARGS = (
+    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
+    "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+)
+WHEELHOUSE_LIMIT_MB = 20.0
+DETECTRON2_WHEEL_GLOB = os.path.join(REPO, ".cache", "wheels", "detectron2-*.whl")
+
+
+def pinned(names) -> List[str]:
+    """NAME==VERSION from this environment; a package missing here is an error naming it."""
+    from importlib import metadata
+
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            raise SystemExit(f"gpu_check: '{name}' is not installed here; run scripts/setup_env.sh first.")
+    return out
+
+
+def download_commands(dest: str, pip: Tuple[str, ...] = (sys.executable, "-m", "pip")) -> List[List[str]]:
+    """The pip commands that fill `dest` (no download happens here)."""
+    cmds = []
+    for spec in pinned(BINARY_PACKAGES):
+        cmds.append([*pip, "download", "--no-deps", *PLATFORM_ARGS, "-d", dest, spec])
+    for spec in pinned(PURE_PACKAGES):
+        if spec.split("==")[0] in SDIST_ONLY:  # pure Python sdists: a py3-none-any wheel built here
+            cmds.append([*pip, "wheel", "--no-deps", "-w", dest, spec])
+        else:
+            cmds.append([*pip, "download", "--no-deps", "--only-binary=:all:", "-d", dest, spec])
+    return cmds
+
+
+def wheel_tags_ok(filename: str) -> bool:
+    """True for a wheel that installs on CPython 3.12 x86_64 Linux (cp312 manylinux or pure Python)."""
+    parts = os.path.basename(filename)[: -len(".whl")].split("-")
+    if len(parts) < 5:
+        return False
+    py, abi, plat = parts[-3:]
+    pure = "py3" in py.split(".") and abi == "none" and plat == "any"
+    cp312 = "cp312" in py.split(".") and abi in ("cp312", "abi3", "none") and "x86_64" in plat and "linux" in plat
+    return pure or cp312
+
+
+def make_wheelhouse(dest: str) -> int:
+    os.makedirs(dest, exist_ok=True)
+    d2 = sorted(glob.glob(DETECTRON2_WHEEL_GLOB), key=os.path.getmtime)
+    if not d2:
+        raise SystemExit(f"gpu_check: no Detectron2 wheel matches {DETECTRON2_WHEEL_GLOB}; run "
+                         "scripts/setup_env.sh (it builds one with scripts/build_detectron2_wheel.py).")
+    for old in glob.glob(os.path.join(dest, "detectron2-*.whl")):
+        os.remove(old)
+    shutil.copy2(d2[-1], dest)
+    for cmd in download_commands(dest):
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    wheels = sorted(glob.glob(os.path.join(dest, "*.whl")))
+    bad = [os.path.basename(w) for w in wheels if not wheel_tags_ok(w)]
+    size_mb = sum(os.path.getsize(w) for w in wheels) / 2**20
+    for w in wheels:
+        print(f"{os.path.getsize(w) / 2**20:7.2f} MB  {os.path.basename(w)}")
+    print(f"{len(wheels)} wheels, {size_mb:.1f} MB in {dest}")
+    if bad:
+        raise SystemExit(f"gpu_check: wheels that do not install on cp312 x86_64 Linux: {bad}")
+    if size_mb > WHEELHOUSE_LIMIT_MB:
+        raise SystemExit(f"gpu_check: the wheelhouse is {size_mb:.1f} MB, over {WHEELHOUSE_LIMIT_MB} MB.")
+    return 0
+
+
+# ------------------------------------------------------------------------------- step workers
+# Each runs in a subprocess (`--step NAME`), prints its log, and returns (status, reason, figures).
+INFERENCE_CONFIGS = (
+    "configs/yolact/yolact_R_50_FPN_550.py", "configs/yolact/yolact_R_101_FPN_550.py",
+    "configs/yolact/yolact_plus_R_50_FPN_550.py", "configs/yolact_edge/yolact_edge_vid_R_50_FPN_550.py",
+)
+BENCHMARK_CONFIGS = INFERENCE_CONFIGS[:3]
+TRAIN_CONFIG = "configs/shapes/yolact_shapes_tiny.py"
+
+
+def _device(args) -> str:
+    return "cpu" if args.dry_run else "cuda"
+
+
+def step_ops_compare(args) -> Tuple[str, str, Dict]:
+    """Device kernels vs the CPU kernel and the pure-PyTorch path at YOLACT-550's load."""
+    import torch
+
+    from yolact_d2.layers import backend_info, crop_masks, crop_masks_pytorch, fast_nms, fast_nms_pytorch
+    from yolact_d2.tools.benchmark_ops import MAX_DETECTIONS, NMS_THRESH, TOP_K, make_detection_load, prefilter
+
+    dev = _device(args)
+    figures: Dict = {"device": dev, "backends": backend_info()}
+    boxes, scores = prefilter(*make_detection_load("cpu"))
+    cpu = fast_nms(boxes, scores, NMS_THRESH, TOP_K, MAX_DETECTIONS)
+    pure = fast_nms_pytorch(boxes, scores, NMS_THRESH, TOP_K, MAX_DETECTIONS)
+    on_dev = [t.cpu() for t in fast_nms(boxes.to(dev), scores.to(dev), NMS_THRESH, TOP_K, MAX_DETECTIONS)]
+    figures["fast_nms"] = {
+        "candidates": list(scores.shape), "detections": int(cpu[0].numel()),
+        "device_equals_cpu_kernel": all(torch.equal(a, b) for a, b in zip(on_dev, cpu)),
+        "cpu_kernel_equals_pure": all(torch.equal(a, b) for a, b in zip(cpu, pure)),
+    }
+    g = torch.Generator().manual_seed(1)
+    for size in (138, 550):
+        masks = torch.rand(100, size, size, generator=g)
+        c = torch.rand(100, 4, generator=g)
+        mboxes = torch.cat([c[:, :2] * 0.7, c[:, :2] * 0.7 + c[:, 2:] * 0.3], 1)
+        ref = crop_masks(masks, mboxes)
+        figures[f"crop_{size}"] = {
+            "device_equals_cpu_kernel": torch.equal(crop_masks(masks.to(dev), mboxes.to(dev)).cpu(), ref),
+            "cpu_kernel_equals_pure": torch.equal(ref, crop_masks_pytorch(masks, mboxes)),
+        }
+    ok = all(v for part in figures.values() if isinstance(part, dict) for k, v in part.items() if k.endswith("_equals_cpu_kernel") or k.endswith("_equals_pure"))
+    return ("passed" if ok else "failed"), ("" if ok else "a comparison is not bit-exact (see figures)"), figures
+
+
+def seeded_checkpoint(config: str, opts: List[str], path: str, seed: int = 0) -> None:
+    """Seeded random weights whose class logits give a few confident detections (no download)."""
+    import torch
+    from detectron2.config import instantiate
+
+    from yolact_d2.predictor import load_model_config
+
+    _, model_cfg = load_model_config(config, opts)
+    torch.manual_seed(seed)
+    model = instantiate(model_cfg)
+    with torch.no_grad():
+        head = model.head
+        bias = head.cls_score.bias.view(head.num_anchors, head.num_classes + 1)
+        bias.fill_(-3.0)
+        bias[:, 0] = 0.0  # background
+        bias[:, 1 : min(4, head.num_classes + 1)] = 1.5  # a few confident classes
+        head.cls_score.weight.mul_(0.05)  # logits = bias + a small prior-dependent spread
+    torch.save({"model": model.state_dict()}, path)
+
+
+def _mask_iou(a, b) -> float:
+    """Mean IoU of paired boolean masks; two empty masks agree (IoU 1)."""
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    iou = (inter / union.clamp(min=1)).where(union > 0, 1.0)
+    return float(iou.mean()) if len(a) else 1.0
+
+
+def compare_instances(ref, out) -> Dict:
+    """Figures of one device run against the CPU reference (both Instances, any device)."""
+    ref, out = ref.to("cpu"), out.to("cpu")
+    n = min(len(ref), len(out))
+    same_classes = len(ref) == len(out) and bool((ref.pred_classes == out.pred_classes).all())
+    score_diff = float((ref.scores[:n] - out.scores[:n]).abs().max()) if n else 0.0
+    return {"detections_cpu": len(ref), "detections_device": len(out), "same_classes": same_classes,
+            "max_score_diff": score_diff, "mean_mask_iou": _mask_iou(ref.pred_masks[:n], out.pred_masks[:n])}
+
+
+def step_inference(args) -> Tuple[str, str, Dict]:
+    from yolact_d2 import Predictor, VideoPredictor
+    from yolact_d2.tools.benchmark import synthetic_image
+
+    dev = _device(args)
+    figures: Dict = {"device": dev}
+    failed = []
+    image = synthetic_image(240, 320, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for config in args.inference_configs:
+            if not os.path.isfile(os.path.join(REPO, config)):
+                figures[config] = {"status": "skipped", "reason": "config not in this checkout"}
+                continue
+            weights = os.path.join(tmp, "seeded.pth")
+            seeded_checkpoint(config, args.opts, weights)
+            video = "yolact_edge_vid" in os.path.basename(config)
+            cls = VideoPredictor if video else Predictor
+            frames = [image, synthetic_image(240, 320, seed=0)[:, ::-1].copy()] if video else [image]
+            runs = {}
+            for side in ("cpu", dev):
+                predictor = cls(config, weights, device=side, opts=args.opts)
+                runs[side] = [predictor(f) for f in frames]
+            per_frame = [compare_instances(r, o) for r, o in zip(runs["cpu"], runs[dev])]
+            ok = all(f["same_classes"] and f["max_score_diff"] <= 1e-4 for f in per_frame)
+            figures[config] = {"status": "passed" if ok else "failed", "frames": per_frame}
+            print(config, figures[config], flush=True)
+            if not ok:
+                failed.append(config)
+    if failed:
+        return "failed", f"classes differ or scores beyond 1e-4 for {failed}", figures
+    return "passed", "", figures
+
+
+def step_train_losses(args) -> Tuple[str, str, Dict]:
+    """Reads metrics.json of the train_net run the orchestrator started (see run_train)."""
+    losses = []
+    with open(os.path.join(args.train_dir, "metrics.json")) as f:
+        for line in f:
+            rec = json.loads(line)
+            if "total_loss" in rec:
+                losses.append(rec["total_loss"])
+    import math
+
+    finite = bool(losses) and all(math.isfinite(x) for x in losses)
+    k = max(1, len(losses) // 5)
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    figures = {"iterations_logged": len(losses), "total_loss": losses, "first_mean": first, "last_mean": last,
+               "decreasing": last < first}
+    if not finite:
+        return "failed", "a logged loss is not finite (or none was logged)", figures
+    if len(losses) >= 10 and not last < first:
+        return "failed", f"the loss did not decrease ({first:.4g} -> {last:.4g})", figures
+    return "passed", "" if len(losses) >= 10 else "too few iterations to judge the decrease", figures
+
+
+STEP_WORKERS = {"ops_compare": step_ops_compare, "inference": step_inference, "train_losses": step_train_losses}
+
+
+# ------------------------------------------------------------------------------- the orchestrator
+class Check:
+    """Runs the steps within the budget, appending to the log, collecting the JSON."""
+
+    def __init__(self, args):
+        self.args = args
+        self.start = time.monotonic()
+        os.makedirs(args.output, exist_ok=True)
+        self.log_path = os.path.join(args.output, "gpu_check.log")
+        self.log = open(self.log_path, "w")
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join([REPO] + ([args.site] if args.site else []) +
+                                                 [p for p in [os.environ.get("PYTHONPATH")] if p])
+        self.steps: Dict[str, Dict] = {}
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.monotonic() - self.start)
+
+    def record(self, name: str, status: str, reason: str = "", seconds: float = 0.0, **figures) -> Dict:
+        self.steps[name] = {"status": status, "reason": reason, "seconds": round(seconds, 2), **figures}
+        self.log.write(f"=== {name}: {status} {reason}\n")
+        self.log.flush()
+        print(f"[gpu_check] {name}: {status} {reason} ({seconds:.1f} s)", flush=True)
+        self.write_json()
+        return self.steps[name]
+
+    def run(self, name: str, cmd: List[str], cap_s: float, cwd: str = REPO) -> Tuple[Optional[int], str, float]:
+        """Runs cmd time-boxed to min(cap_s, budget left); returns (rc or None on timeout, output, s)."""
+        timeout = min(cap_s, self.left())
+        self.log.write(f"=== {name}: $ {' '.join(cmd)} (time box {timeout:.0f} s)\n")
+        self.log.flush()
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=max(timeout, 1))
+            rc, out = proc.returncode, proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as e:
+            rc = None
+            out = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+        self.log.write(out + "\n")
+        self.log.flush()
+        return rc, out, time.monotonic() - t0
+
+    def budget_allows(self, name: str, min_s: float) -> bool:
+        if self.left() < min_s:
+            self.record(name, "skipped", f"the time budget is spent ({self.left():.0f} s left of "
+                                         f"{self.args.budget_s:.0f}; this step needs ~{min_s:.0f} s)")
+            return False
+        return True
+
+    def worker(self, name: str, cap_s: float, min_s: float, extra: List[str] = (), worker: Optional[str] = None, **more):
+        """A STEP_WORKERS step in a subprocess; its JSON result becomes the step's entry."""
+        if not self.budget_allows(name, min_s):
+            return
+        out_json = os.path.join(self.args.output, f".{name}.json")
+        cmd = [sys.executable, "-m", "yolact_d2.tools.gpu_check", "--step", worker or name, "--step-json", out_json,
+               *(["--dry-run"] if self.args.dry_run else []), *extra]
+        rc, out, secs = self.run(name, cmd, cap_s)
+        if rc is None:
+            self.record(name, "failed", f"timed out after {secs:.0f} s", secs, **more)
+        elif rc != 0 or not os.path.exists(out_json):
+            self.record(name, "failed", f"exit {rc}: {out.strip().splitlines()[-1] if out.strip() else ''}", secs, **more)
+        else:
+            with open(out_json) as f:
+                res = json.load(f)
+            os.remove(out_json)
+            self.record(name, res["status"], res["reason"], secs, figures=res["figures"], **more)
+
+    def write_json(self) -> None:
+        import platform
+
+        doc = {"dry_run": self.args.dry_run, "budget_s": self.args.budget_s,
+               "elapsed_s": round(time.monotonic() - self.start, 1), "python": platform.python_version(),
+               "host": platform.node(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "environment": self.environment(), "steps": self.steps}
+        with open(os.path.join(self.args.output, "gpu_check.json"), "w") as f:
+            json.dump(doc, f, indent=1)
+
+    def environment(self) -> Dict:
+        import torch
+
+        env = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+        if torch.cuda.is_available():
+            env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return env
+
+
+def no_cuda_reason(args) -> Optional[str]:
+    import torch
+
+    if args.dry_run:
+        return "dry run: the CUDA calls are not made" + ("" if torch.cuda.is_available() else
+                                                          " (and torch.cuda.is_available() is False here)")
+    if not torch.cuda.is_available():
+        return f"torch.cuda.is_available() is False (torch {torch.__version__}, built for CUDA {torch.version.cuda})"
+    return None
+
+
+def do_install(c: Check) -> None:
+    a = c.args
+    if not a.wheelhouse:
+        c.record("install", "skipped", "no --wheelhouse given: the current environment is used")
+        return
+    wheels = sorted(glob.glob(os.path.join(a.wheelhouse, "*.whl")))
+    if not wheels:
+        c.record("install", "failed", f"no *.whl in --wheelhouse {a.wheelhouse}; make it with --make-wheelhouse")
+        return
+    bad = [os.path.basename(w) for w in wheels if not wheel_tags_ok(w)]
+    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--upgrade", "--target", a.site, *wheels]
+    rc, out, secs = c.run("install", cmd, 180)
+    if rc != 0:
+        c.record("install", "failed", f"pip exit {rc} (see gpu_check.log)", secs, wheels=len(wheels))
+        return
+    probe = "import detectron2, fvcore, iopath, omegaconf, hydra, pycocotools.mask, faster_coco_eval; print(detectron2.__file__)"
+    rc, out, more = c.run("install", [sys.executable, "-c", probe], 60)
+    ok = rc == 0 and out.strip().startswith(a.site)
+    c.record("install", "passed" if ok else "failed",
+             "" if ok else f"the installed packages do not import from {a.site}: {out.strip()[-300:]}",
+             secs + more, wheels=len(wheels), target=a.site, wheels_not_cp312=bad)
+
+
+BACKEND_PROBE = "import json, yolact_d2.layers as L; print('BACKENDS', json.dumps(L.backend_info()))"
+
+
+def _backends(rc: Optional[int], out: str) -> Optional[Dict]:
+    lines = [ln for ln in out.splitlines() if ln.startswith("BACKENDS ")]
+    return json.loads(lines[-1][len("BACKENDS "):]) if rc == 0 and lines else None
+
+
+def do_build(c: Check) -> None:
+    a = c.args
+    if not c.budget_allows("build_extension", 30):
+        return
+    if a.dry_run:
+        rc, out, secs = c.run("build_extension", [sys.executable, "-c", BACKEND_PROBE], 60)
+        info = _backends(rc, out)
+        ok = bool(info) and info["fast_nms"]["cpu"] == "cpu-kernel"
+        c.record("build_extension", "passed" if ok else "failed",
+                 "dry run: the checkout's built extension is checked, not rebuilt; its CUDA kernels are not run",
+                 secs, backends=info)
+        return
+    env_note = {}
+    if "TORCH_CUDA_ARCH_LIST" not in c.env:
+        import torch
+
+        if torch.cuda.is_available():  # build for the GPUs present only: the shortest build
+            caps = sorted({"%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+            c.env["TORCH_CUDA_ARCH_LIST"] = ";".join(caps)
+    c.env.setdefault("MAX_JOBS", str(os.cpu_count() or 2))
+    c.env["YOLACT_D2_REQUIRE_CUDA"] = c.env.get("YOLACT_D2_REQUIRE_CUDA", "0")
+    env_note["TORCH_CUDA_ARCH_LIST"] = c.env.get("TORCH_CUDA_ARCH_LIST")
+    rc, out, secs = c.run("build_extension", [sys.executable, "setup.py", "build_ext", "--inplace"], 300)
+    if rc != 0:
+        c.record("build_extension", "failed", f"setup.py build_ext exit {rc} (see gpu_check.log)", secs, **env_note)
+        return
+    rc2, probe, more = c.run("build_extension", [sys.executable, "-c", BACKEND_PROBE], 60)
+    info = _backends(rc2, probe)
+    cuda_ok = bool(info) and info["fast_nms"]["cuda"] == "cuda-kernel" and info["crop_masks"]["cuda"] == "cuda-kernel"
+    messages = [ln for ln in out.splitlines() if ln.startswith("[yolact_d2]")]
+    c.record("build_extension", "passed" if cuda_ok else "failed",
+             "" if cuda_ok else "the extension has no CUDA kernels (a CPU-only build): " + " ".join(messages),
+             secs + more, backends=info, setup_messages=messages, **env_note)
+
+
+def do_op_tests(c: Check, why_not: Optional[str]) -> None:
+    if not c.budget_allows("op_tests", 20):
+        return
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_ops.py", "-k", "cuda"]
+    rc, out, secs = c.run("op_tests", cmd, 120)
+    tail = out.strip().splitlines()[-1] if out.strip() else ""
+    counts = {k: 0 for k in ("passed", "failed", "skipped", "error")}
+    for part in tail.replace("=", " ").split(","):
+        words = part.split()
+        for i, w in enumerate(words[1:], 1):
+            if w.rstrip("s") in counts and words[i - 1].isdigit():
+                counts[w.rstrip("s")] = int(words[i - 1])
+    if rc is None:
+        c.record("op_tests", "failed", f"timed out after {secs:.0f} s", secs, pytest=counts)
+    elif counts["failed"] or counts["error"] or rc not in (0, 5):
+        c.record("op_tests", "failed", f"pytest: {tail}", secs, pytest=counts)
+    elif counts["passed"] == 0:
+        c.record("op_tests", "skipped", f"pytest skipped every CUDA test ({tail}): {why_not or 'no CUDA'}", secs, pytest=counts)
+    else:
+        c.record("op_tests", "passed", "", secs, pytest=counts)
+
+
+def do_training(c: Check, why_not: Optional[str]) -> None:
+    a = c.args
+    iters = 3 if a.dry_run else a.train_iters
+    if c.budget_allows("train_amp", 20):
+        out_dir = os.path.join(a.output, "train_amp")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        device, amp = ("cpu", False) if a.dry_run else ("cuda", True)
+        cmd = [sys.executable, "tools/train_net.py", "--config-file", a.train_config, f"train.device={device}",
+               f"train.amp.enabled={amp}", f"train.max_iter={iters}", f"train.output_dir={out_dir}",
+               "train.log_period=1", "train.checkpointer.period=100000", "train.eval_period=0"]
+        rc, out, secs = c.run("train_amp", cmd, 180)
+        cuda = {"status": "skipped", "reason": why_not} if why_not else {"status": "run", "amp": True}
+        if rc != 0:
+            c.record("train_amp", "failed", f"train_net exit {rc} (see gpu_check.log)", secs, device=device, cuda=cuda)
+        else:
+            c.worker("train_amp", 30, 1, ["--train-dir", out_dir], worker="train_losses", device=device,
+                     iterations=iters, amp=amp, cuda=cuda, train_seconds=round(secs, 1))
+    import torch
+
+    n_gpu = torch.cuda.device_count() if not a.dry_run else 0
+    if why_not or n_gpu < 2:
+        c.record("ddp_nccl", "skipped", why_not or f"{n_gpu} GPU(s): the 2-process NCCL run needs 2")
+        return
+    if c.budget_allows("ddp_nccl", 30):
+        out_dir = os.path.join(a.output, "train_ddp")
+        cmd = [sys.executable, "tools/train_net.py", "--num-gpus", "2", "--config-file", a.train_config,
+               "train.device=cuda", "train.amp.enabled=True", "train.max_iter=20", f"train.output_dir={out_dir}",
+               "train.log_period=1", "train.checkpointer.period=100000", "train.eval_period=0"]
+        rc, out, secs = c.run("ddp_nccl", cmd, 180)
+        if rc != 0:
+            c.record("ddp_nccl", "failed", f"train_net --num-gpus 2 exit {rc}", secs)
+        else:
+            c.worker("ddp_nccl", 30, 1, ["--train-dir", out_dir], worker="train_losses", train_seconds=round(secs, 1))
+
+
+def do_benchmarks(c: Check, why_not: Optional[str]) -> None:
+    a = c.args
+    dev = "cpu" if a.dry_run else "cuda"
+    if c.budget_allows("benchmark_ops", 15):
+        js = os.path.join(a.output, "benchmark_ops.json")
+        iters = ["--iters", "2", "--warmup", "1"] if a.dry_run else ["--iters", "30"]
+        rc, out, secs = c.run("benchmark_ops", [sys.executable, "tools/benchmark_ops.py", "--device", dev, *iters, "--json", js], 120)
+        res = json.load(open(js)) if rc == 0 and os.path.exists(js) else None
+        c.record("benchmark_ops", "passed" if res else "failed", "" if res else f"exit {rc} (see gpu_check.log)", secs,
+                 device=dev, results=res and res["results"], cuda={"status": "skipped", "reason": why_not} if why_not else None)
+    for config in a.benchmark_configs:
+        name = f"benchmark:{os.path.basename(config)}"
+        if not c.budget_allows(name, 20):
+            continue
+        js = os.path.join(a.output, f"benchmark_{os.path.splitext(os.path.basename(config))[0]}.json")
+        if a.dry_run:
+            extra = ["--quick", "--no-maskrcnn", "--no-stages"]
+        else:
+            extra = ["--dtypes", "fp32", "fp16", "--batch-sizes", "1", "8", "--warmup", "5", "--iters", "20",
+                     "--no-maskrcnn"]
+        cmd = [sys.executable, "tools/benchmark.py", "--config", config, "--device", dev, "--json", js, *extra,
+               *(["--opts", *a.opts] if a.opts else [])]
+        rc, out, secs = c.run(name, cmd, 150)
+        res = json.load(open(js)) if rc == 0 and os.path.exists(js) else None
+        c.record(name, "passed" if res else "failed", "" if res else f"exit {rc} (see gpu_check.log)", secs,
+                 device=dev, results=res, cuda={"status": "skipped", "reason": why_not} if why_not else None)
+
+
+def run_check(args) -> int:
+    args.site = os.path.abspath(args.site or os.path.join(args.output, "site")) if args.wheelhouse else None
+    c = Check(args)
+    do_install(c)
+    do_build(c)
+    why_not = no_cuda_reason(args)
+    do_op_tests(c, why_not)
+    extra = ["--inference-configs", *args.inference_configs] + (["--opts", *args.opts] if args.opts else [])
+    for name, cap, min_s in (("ops_compare", 90, 15), ("inference", 240, 30)):
+        more = {"cuda": {"status": "skipped", "reason": why_not}} if why_not else {}
+        if why_not and not args.dry_run:  # a real run without CUDA: nothing to compare
+            c.record(name, "skipped", why_not)
+        else:
+            c.worker(name, cap, min_s, extra if name == "inference" else [], **more)
+    do_training(c, why_not)
+    do_benchmarks(c, why_not)
+    c.write_json()
+    c.log.close()
+    failed = [n for n, s in c.steps.items() if s["status"] == "failed"]
+    print(f"[gpu_check] wrote {os.path.join(args.output, 'gpu_check.json')}; "
+          + (f"FAILED: {', '.join(failed)}" if failed else "no step failed"))
+    return 1 if failed else 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--make-wheelhouse", metavar="DIR", help="download/build the cp312 wheels into DIR and exit")
+    p.add_argument("--wheelhouse", help="install from these wheels first (pip --no-index --no-deps --target)")
+    p.add_argument("--site", help="the install target (default: <output>/site)")
+    p.add_argument("--output", default="output/gpu_check", help="gpu_check.json and gpu_check.log go here")
+    p.add_argument("--dry-run", action="store_true", help="CPU only: every step but the CUDA calls")
+    p.add_argument("--budget-s", type=float, default=480.0, help="total time budget (steps past it are skipped)")
+    p.add_argument("--inference-configs", nargs="+", default=list(INFERENCE_CONFIGS))
+    p.add_argument("--benchmark-configs", nargs="+", default=list(BENCHMARK_CONFIGS))
+    p.add_argument("--train-config", default=TRAIN_CONFIG)
+    p.add_argument("--train-iters", type=int, default=50)
+    p.add_argument("--opts", nargs="*", default=[], help="LazyConfig overrides for inference and benchmarks")
+    p.add_argument("--step", choices=sorted(STEP_WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--step-json", help=argparse.SUPPRESS)
+    p.add_argument("--train-dir", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.make_wheelhouse:
+        return make_wheelhouse(args.make_wheelhouse)
+    if args.step:
+        status, reason, figures = STEP_WORKERS[args.step](args)
+        with open(args.step_json, "w") as f:
+            json.dump({"status": status, "reason": reason, "figures": figures}, f, indent=1)
+        return 0
+    return run_check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
