@@ -53,6 +53,11 @@ PURE_PACKAGES = (  # py3-none-any wheels: any platform
     "pytest", "iniconfig", "pluggy", "pygments", "onnxscript", "onnx-ir",
 )
 BINARY_PACKAGES = ("pycocotools", "faster-coco-eval", "PyYAML", "ml_dtypes")  # cp312 manylinux
+GPU_MACHINE_HAS = (  # seen on the lent GPU machine; not carried
+    "torch", "torchvision", "numpy", "Pillow", "opencv-python-headless", "onnx", "onnxruntime", "tensorboard",
+    "matplotlib", "scipy", "sympy", "typing_extensions",
+)
+NOT_CARRIED = {"black": "imported only by LazyConfig.to_py (pretty-printing a config), which no step calls"}
 SDIST_ONLY = ("fvcore", "antlr4-python3-runtime")  # no wheel on the registry: built here
 PLATFORM_ARGS = (
     "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
