@@ -26,6 +26,7 @@ from detectron2.structures import Instances
 from yolact_d2.checkpoint.mismatch import StateDictDiff, WeightsMismatchError
 from yolact_d2.checkpoint.safe_load import checkpoint_meta, load_checkpoint_file, model_state_from
 from yolact_d2.deploy.optimize import optimize_for_inference
+from yolact_d2.deploy.precision import cast_network, check_precision
 
 __all__ = ["Predictor", "VideoPredictor", "load_model_config", "load_weights", "WeightsMismatchError"]
 
@@ -196,7 +197,11 @@ class Predictor:
             stacked, channels_last, oneDNN conv+ReLU on CPU): same detections up to float rounding,
             ~1.16x faster end to end on the idle 2-core CPU here (more on a busy one). False runs
             the model exactly as configured.
-        fp16: CUDA only: run the network under float16 autocast.
+        precision: "fp32" (default), "bf16" (CPU with AVX512-BF16 or AMX, or CUDA: the network's
+            weights in bfloat16, pre/post-processing float32; see yolact_d2.deploy.precision),
+            "fp16" (CUDA: float16 autocast); "int8" is not implemented yet. A precision the
+            machine cannot run is an error naming what is missing.
+        fp16: alias of precision="fp16" (older API).
 
     Call with one (H, W, 3) uint8 BGR numpy image -> `Instances` (pred_boxes, scores,
     pred_classes, pred_masks (N, H, W) bool) at the image's size; with a list of images -> a list
@@ -213,6 +218,7 @@ class Predictor:
         opts: Sequence[str] = (),
         optimize: bool = True,
         fp16: bool = False,
+        precision: str = "fp32",
     ):
         self.cfg, model_cfg = load_model_config(config, opts)
         if device is None:
@@ -220,9 +226,12 @@ class Predictor:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"Predictor: device '{device}' asked for but CUDA is not available; use device='cpu'.")
+        if fp16 and precision not in ("fp32", "fp16"):
+            raise ValueError(f"Predictor: fp16=True contradicts precision={precision!r}; give only precision.")
         if fp16 and self.device.type != "cuda":
             raise ValueError("Predictor: fp16=True needs a CUDA device (CPU float16 convs are slow and inexact).")
-        self.fp16 = fp16
+        self.precision = check_precision("fp16" if fp16 else precision, self.device)
+        self.fp16 = self.precision == "fp16"
         model = instantiate(model_cfg)
         if not isinstance(model, nn.Module):
             raise TypeError(f"Predictor: the config's model instantiates to {type(model).__name__}, not a torch module.")
@@ -237,6 +246,8 @@ class Predictor:
             model.post_processor.score_thresh = float(score_threshold)
         if optimize:
             optimize_for_inference(model)
+        if self.precision == "bf16":
+            cast_network(model, torch.bfloat16)
         self.model = model
         self.input_format = getattr(model, "input_format", "BGR")
         self.metadata = _metadata_for(self.cfg, int(getattr(model, "num_classes", 0)), meta.get("thing_classes"))
@@ -277,8 +288,8 @@ class VideoPredictor(Predictor):
             instances = vp(frame)         # keyframe every `keyframe_interval` frames, else warped
             print(vp.last_was_keyframe)
 
-    The video counterpart of `Predictor` (same config / weights / device / optimize / opts
-    arguments and checks). It keeps the last keyframe's state between calls; YolactEdge always
+    The video counterpart of `Predictor` (same config / weights / device / optimize / opts /
+    precision arguments and checks). It keeps the last keyframe's state between calls; YolactEdge always
     warps from the last keyframe, not from the previous frame.
 
     Args:
@@ -309,10 +320,12 @@ class VideoPredictor(Predictor):
         opts: Sequence[str] = (),
         adaptive=None,
         fp16: bool = False,
+        precision: str = "fp32",
     ):
         self._set_schedule(keyframe_interval, adaptive)  # bad arguments fail before the model is built
         super().__init__(
-            config, weights, device, score_threshold=score_threshold, opts=opts, optimize=optimize, fp16=fp16
+            config, weights, device, score_threshold=score_threshold, opts=opts, optimize=optimize, fp16=fp16,
+            precision=precision,
         )
         self.reset()
 

@@ -145,8 +145,9 @@ def _exporting() -> bool:
 
 
 class MkldnnConv2d(nn.Module):
-    """Inference conv (+ optional ReLU) on oneDNN's fused-post-op convolution for float32 CPU
-    tensors; F.conv2d (+ relu) for anything else (CUDA, other dtypes, tracing/export)."""
+    """Inference conv (+ optional ReLU) on oneDNN's fused-post-op convolution for float32 or
+    bfloat16 CPU tensors whose dtype matches the weight's (bf16: `precision.cast_network`);
+    F.conv2d (+ relu) for anything else (CUDA, other dtypes, tracing/export)."""
 
     def __init__(self, conv: nn.Module, relu: bool = False):
         super().__init__()
@@ -173,7 +174,7 @@ class MkldnnConv2d(nn.Module):
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         """The weight reordered once into oneDNN's blocked layout (chosen for the first input's
         shape; other shapes still give the same results) instead of on every call."""
-        if self._packed is None:
+        if self._packed is None or self._packed.dtype != self.weight.dtype:  # (re)pack after a cast
             try:
                 dense = self.weight.detach().contiguous().to_mkldnn()
                 self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
@@ -184,7 +185,13 @@ class MkldnnConv2d(nn.Module):
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._op is not None and x.device.type == "cpu" and x.dtype == torch.float32 and not _exporting():
+        if (
+            self._op is not None
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and x.dtype == self.weight.dtype
+            and not _exporting()
+        ):
             attr = "relu" if self.relu else "none"
             weight = self._packed_weight(x)
             return self._op(x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, attr, [], "")
