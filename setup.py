@@ -264,6 +264,7 @@ TOOLS = {  # console script -> yolact_d2/tools module (its main(argv=None) -> ex
     "yolact-benchmark-ops": "benchmark_ops:main",
     "yolact-export-model": "export_model:main",
     "yolact-convert-weights": "convert_yolact_weights:main",
+    "yolact-convert-imagenet-backbone": "convert_imagenet_backbone:main",
     "yolact-visualize-predictions": "visualize_predictions:main",
 }
 
