@@ -26,7 +26,7 @@ from detectron2.structures import Instances
 from yolact_d2.checkpoint.mismatch import StateDictDiff, WeightsMismatchError
 from yolact_d2.checkpoint.safe_load import checkpoint_meta, load_checkpoint_file, model_state_from
 from yolact_d2.deploy.optimize import optimize_for_inference
-from yolact_d2.deploy.precision import cast_network, check_precision
+from yolact_d2.deploy.precision import apply_precision, check_precision
 
 __all__ = ["Predictor", "VideoPredictor", "load_model_config", "load_weights", "WeightsMismatchError"]
 
@@ -246,8 +246,7 @@ class Predictor:
             model.post_processor.score_thresh = float(score_threshold)
         if optimize:
             optimize_for_inference(model)
-        if self.precision == "bf16":
-            cast_network(model, torch.bfloat16)
+        apply_precision(model, self.precision)
         self.model = model
         self.input_format = getattr(model, "input_format", "BGR")
         self.metadata = _metadata_for(self.cfg, int(getattr(model, "num_classes", 0)), meta.get("thing_classes"))

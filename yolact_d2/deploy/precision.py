@@ -21,6 +21,9 @@ from detectron2.structures import ImageList
 
 __all__ = [
     "PRECISIONS",
+    "PrecisionError",
+    "PrecisionNotImplementedError",
+    "apply_precision",
     "cpu_flags",
     "bf16_cpu_problem",
     "check_precision",
@@ -32,6 +35,14 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 _FP32_PARTS = ("post_processor", "mask_rescoring", "prior_generator", "criterion")
 # Parts whose outputs feed post-processing: cast back to float32 as they come out.
 _OUTPUT_PARTS = ("head", "protonet")
+
+
+class PrecisionError(ValueError):
+    """A precision that is unknown, or that this machine cannot run (the message names why)."""
+
+
+class PrecisionNotImplementedError(PrecisionError, NotImplementedError):
+    """A precision that yolact_d2 does not implement yet (int8)."""
 
 
 def cpu_flags() -> FrozenSet[str]:
@@ -70,30 +81,30 @@ def check_precision(precision, device) -> str:
     """Validate `precision` for `device`; returns it. Errors name what is missing and what to do."""
     device = torch.device(device)
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
+        raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
     if precision == "int8":
-        raise NotImplementedError(
+        raise PrecisionNotImplementedError(
             "precision='int8' is not implemented yet (issue 12: post-training static quantization "
             "is still to come); use 'fp32' or, on a CPU with AVX512-BF16/AMX, 'bf16'."
         )
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError(
+        raise PrecisionError(
             f"precision='fp16' needs a CUDA device (CPU float16 convs are slow and inexact); got device "
             f"'{device}'. On a CPU use 'bf16' (AVX512-BF16/AMX) or 'fp32'."
         )
     if precision == "bf16":
         if device.type == "cuda":
             if not torch.cuda.is_bf16_supported():
-                raise ValueError(
+                raise PrecisionError(
                     f"precision='bf16': the GPU on '{device}' does not support bfloat16 "
                     "(needs compute capability >= 8.0); use 'fp16' or 'fp32'."
                 )
         elif device.type == "cpu":
             problem = bf16_cpu_problem(cpu_flags(), torch.backends.mkldnn.is_available())
             if problem is not None:
-                raise ValueError(f"precision='bf16' on the CPU: {problem}. Use precision='fp32'.")
+                raise PrecisionError(f"precision='bf16' on the CPU: {problem}. Use precision='fp32'.")
         else:
-            raise ValueError(f"precision='bf16' is supported on 'cpu' and 'cuda' devices, not '{device}'.")
+            raise PrecisionError(f"precision='bf16' is supported on 'cpu' and 'cuda' devices, not '{device}'.")
     return precision
 
 
@@ -141,3 +152,11 @@ def cast_network(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Mo
     model.preprocess_image = _cast_images(model.preprocess_image, dtype)
     return model
 
+
+
+def apply_precision(model: nn.Module, precision: str) -> nn.Module:
+    """In place, after `optimize_for_inference`: what `precision` changes in the model itself
+    (bf16: `cast_network`). fp32 changes nothing; fp16 is float16 autocast at call time."""
+    if precision == "bf16":
+        cast_network(model, torch.bfloat16)
+    return model

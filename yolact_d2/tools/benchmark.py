@@ -3,7 +3,8 @@
     python tools/benchmark.py                                  # R50-550, batch 1 and 8, CPU fp32
     python tools/benchmark.py --official-root /path/to/dbolya/yolact \\
         --official-weights yolact_resnet50_54_800000.pth --weights yolact_R_50_FPN_550.pth
-    python tools/benchmark.py --device cuda --dtypes fp32 fp16 --json out.json
+    python tools/benchmark.py --device cuda --precisions fp32 fp16 --json out.json
+    python tools/benchmark.py --precisions fp32 bf16 --batch-sizes 1  # CPU bf16, timed next to our fp32
     python tools/benchmark.py --quick                          # seconds-long smoke run (tests)
 
 Every contender sees the same BGR image (--image, or a seeded synthetic one) at the same network
@@ -190,11 +191,11 @@ class YolactStages:
         self.cache["results"] = results
 
 
-def build_ours(config: str, weights: Optional[str], device: str, opts: List[str], optimize: bool, fp16: bool, seed: int):
+def build_ours(config: str, weights: Optional[str], device: str, opts: List[str], optimize: bool, precision: str, seed: int):
     from yolact_d2 import Predictor
 
     torch.manual_seed(seed)  # the random initialisation when no weights are given
-    return Predictor(config, weights, device=device, opts=opts, optimize=optimize, fp16=fp16)
+    return Predictor(config, weights, device=device, opts=opts, optimize=optimize, precision=precision)
 
 
 # ---------------------------------------------------------------------------------- peers
@@ -269,7 +270,10 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "fp16"], help="fp16: CUDA only")
+    p.add_argument("--precisions", "--dtypes", dest="precisions", nargs="+", default=["fp32"],
+                   choices=["fp32", "bf16", "fp16", "int8"],
+                   help="yolact_d2 precisions to time (yolact_d2.deploy.precision; fp16: CUDA only; bf16: "
+                        "AVX512-BF16/AMX CPU or CUDA); a CPU run other than fp32 also times our fp32 beside it")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPU cores)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=5, help="timed rounds; the median is reported")
@@ -299,8 +303,15 @@ def parse_args(argv=None):
         args.batch_sizes = [1]
         args.warmup, args.iters = 0, 1
         args.official_root = None  # the official code's sizes come from its global config
-    if "fp16" in args.dtypes and not args.device.startswith("cuda"):
+    if "fp16" in args.precisions and not args.device.startswith("cuda"):
         p.error("fp16 needs --device cuda")
+    from yolact_d2.deploy.precision import PrecisionError, check_precision
+
+    for precision in args.precisions:  # before anything is built: name what the machine lacks
+        try:
+            check_precision(precision, args.device)
+        except PrecisionError as e:
+            p.error(f"--precisions {precision}: {e}")
     return args
 
 
@@ -341,9 +352,9 @@ def run_benchmark(args) -> Dict:
     print(f"torch {torch.__version__}, torch.set_num_threads({threads}), device {device}, "
           f"image {height}x{width}, warmup {args.warmup}, median of {args.iters}, load {load_before[0]:.1f}")
 
-    for dtype in args.dtypes:
+    for dtype in args.precisions:
         fp16 = dtype == "fp16"
-        ours = build_ours(args.config, args.weights, args.device, args.opts, True, fp16, args.seed)
+        ours = build_ours(args.config, args.weights, args.device, args.opts, True, dtype, args.seed)
         if getattr(ours.model, "is_video_model", False):  # YolactEdge: keyframes vs warped frames (batch 1)
             from yolact_d2.tools.benchmark_edge import print_edge_run, run_edge
 
@@ -354,6 +365,7 @@ def run_benchmark(args) -> Dict:
                 print_study(results["schedule_study"])
                 break
             run = run_edge(args, ours, image, fp16)
+            run["dtype"] = dtype
             results["runs"].append(run)
             print_edge_run(run)
             continue
@@ -361,7 +373,12 @@ def run_benchmark(args) -> Dict:
         contenders: Dict[str, Callable] = {}
         plain = None
         if not args.no_plain:
-            plain = build_ours(args.config, args.weights, args.device, args.opts, False, fp16, args.seed)
+            plain = build_ours(args.config, args.weights, args.device, args.opts, False, dtype, args.seed)
+        # bf16 / int8: our fp32 Predictor in the same rounds, so "yolact_d2 / this" is the speed-up
+        # (fp16 runs every contender under autocast, so it has no fp32 twin).
+        ours_fp32 = None
+        if dtype not in ("fp32", "fp16"):
+            ours_fp32 = build_ours(args.config, args.weights, args.device, args.opts, True, "fp32", args.seed)
         mask_rcnn = None if args.no_maskrcnn else build_mask_rcnn(args.device, args.seed)
         official = None
         if args.official_root:
@@ -378,6 +395,8 @@ def run_benchmark(args) -> Dict:
                 for _ in range(batch)
             ]
             contenders = {"yolact_d2": lambda: ours(images)}
+            if ours_fp32 is not None:
+                contenders["yolact_d2 fp32"] = lambda: ours_fp32(images)
             if plain is not None:
                 contenders["yolact_d2 (no optimize)"] = lambda: plain(images)
             if official is not None:

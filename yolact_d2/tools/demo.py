@@ -62,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--output", default=None, help="output file (one input) or folder")
     p.add_argument("--confidence-threshold", type=float, default=0.3, help="draw detections with score > this")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available); also --opts MODEL.DEVICE")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8"),
+                   help="network precision (bf16: CPU with AVX512-BF16/AMX, or CUDA; fp16: CUDA)")
     p.add_argument("--max-frames", type=int, default=0, help="stop videos and cameras after this many frames (0: all)")
     p.add_argument("--keyframe-interval", type=int, default=5,
                    help="YolactEdge video configs: full network every N-th frame, warped features between")
@@ -341,7 +343,13 @@ def build_predictor(args):
             hint = (" (This is a LazyConfig: Detectron2's yacs keys other than MODEL.WEIGHTS / MODEL.DEVICE do "
                     "not apply; use its lowercase keys, e.g. model.post_processor.score_thresh=0.3.)")
         raise SystemExit(f"demo: --opts: {e}{hint}") from None
-    return Predictor(cfg, weights, device=device, score_threshold=args.confidence_threshold)
+    from yolact_d2.deploy.precision import PrecisionError
+
+    try:
+        return Predictor(cfg, weights, device=device, score_threshold=args.confidence_threshold,
+                         precision=args.precision)
+    except PrecisionError as e:  # the machine lacks what the precision needs: one line naming it
+        raise SystemExit(f"demo: --precision: {e}") from None
 
 
 def main(argv=None) -> int:

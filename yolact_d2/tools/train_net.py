@@ -4,6 +4,7 @@
     python tools/train_net.py --config-file configs/yolact/yolact_R_50_FPN_550.py --num-gpus 8
     python tools/train_net.py --config-file ... --resume                  # continue after a kill
     python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=output/model_final.pth
+    python tools/train_net.py --config-file ... --eval-only --precision bf16   # AP of the bf16 model
     python tools/train_net.py --config-file ... --num-gpus 2 train.device=cpu   # 2 CPU processes (gloo)
 
 The config defines model, dataloader (train / test / evaluator), optimizer, lr_multiplier, train
@@ -32,6 +33,8 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import yolact_d2  # noqa: E402,F401  (registers the meta-arch and backbones)
 from yolact_d2.data.checks import check_datasets  # noqa: E402
+from yolact_d2.deploy.optimize import optimize_for_inference  # noqa: E402
+from yolact_d2.deploy.precision import PRECISIONS, PrecisionError, apply_precision, check_precision  # noqa: E402
 from yolact_d2.engine import (  # noqa: E402
     DivergenceSafeCheckpointer,
     TrainingHealthHook,
@@ -207,7 +210,8 @@ def do_train(args, cfg):
     return trainer.storage.latest() if comm.is_main_process() else None
 
 
-def do_eval_only(cfg):
+def do_eval_only(cfg, precision: str = "fp32"):
+    check_precision(precision, cfg.train.device)  # before any work: names what the machine lacks
     check_datasets(cfg, splits=("test",))
     model = build_model(cfg)
     weights = cfg.train.init_checkpoint
@@ -222,8 +226,13 @@ def do_eval_only(cfg):
             )
         weights = checkpointer.get_checkpoint_file()
     checkpointer.load(weights)
-    logger.info(f"Evaluating {weights}")
-    return do_test(cfg, model)
+    logger.info(f"Evaluating {weights} at precision {precision}")
+    if precision == "fp32":
+        return do_test(cfg, model)  # the model exactly as trained, as before the precision option
+    # Lower precision: the Predictor's inference form (yolact_d2.deploy), so AP measures what it runs.
+    apply_precision(optimize_for_inference(model), precision)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=precision == "fp16"):
+        return do_test(cfg, model)
 
 
 def main(args):
@@ -234,7 +243,7 @@ def main(args):
     # Our own modules' messages (divergence, training health, checkpoints) go where Detectron2's do.
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="yolact_d2", abbrev_name="yolact_d2")
     if args.eval_only:
-        return do_eval_only(cfg)
+        return do_eval_only(cfg, getattr(args, "precision", "fp32"))
     return do_train(args, cfg)
 
 
@@ -243,6 +252,10 @@ def parse_args(argv=None):
     of the command line (argparse.REMAINDER), so `X train.max_iter=5 --resume` would make `--resume`
     an override. Such flags (and their values) are parsed as flags; the key=value words stay overrides."""
     parser = default_argument_parser()
+    parser.add_argument(
+        "--precision", default="fp32", choices=PRECISIONS,
+        help="--eval-only: evaluate at this precision (yolact_d2.deploy.precision; bf16 needs AVX512-BF16/AMX or CUDA)",
+    )
     args = parser.parse_args(argv)
     if not any(word.startswith("-") for word in args.opts):
         return args
@@ -260,6 +273,9 @@ def cli(argv=None):
     args.config_file = resolve_config_file(args.config_file)  # a file, or a model-zoo name (installed use)
     # Load once in the parent: bad overrides fail here, and the device picks the launcher.
     cfg = load_config(args.config_file, args.opts)
+    if args.precision != "fp32" and not args.eval_only:
+        raise PrecisionError(f"--precision {args.precision} applies to --eval-only (training runs in fp32).")
+    check_precision(args.precision, cfg.train.device)  # one error line here, not one per process
     launch(
         main,
         args.num_gpus,
@@ -279,7 +295,7 @@ def run_cli(argv=None) -> int:
 
     try:
         cli(argv)
-    except (UnknownConfigKeyError, ConfigOverrideError, ConfigNotFoundError) as e:
+    except (UnknownConfigKeyError, ConfigOverrideError, ConfigNotFoundError, PrecisionError) as e:
         print(f"train_net.py: error: {e}", file=sys.stderr)
         return 2
     except (CheckpointFileError, WeightsMismatchError) as e:  # a weights file that is unsafe, unreadable or does not fit
