@@ -22,7 +22,7 @@ that step); when the total --budget-s is spent, the remaining steps are skipped 
   train_amp       train_net.py on the tiny shapes set, AMP on, 50 iterations: finite, decreasing
   ddp_nccl        train_net.py --num-gpus 2 (NCCL), when the machine has 2 GPUs
   benchmark_ops   tools/benchmark_ops.py --device cuda
-  benchmark       tools/benchmark.py --device cuda, fp32/fp16, batch 1 and 8, per config
+  benchmark       tools/benchmark.py --device cuda, fp32/fp16/bf16, batch 1 and 8, per config
 
 --dry-run runs every step on CPU (device=cpu on both sides of each comparison, 3 training
 iterations without AMP, one-round benchmarks) and reports each CUDA call as skipped with the reason.
@@ -540,7 +540,7 @@ def do_benchmarks(c: Check, why_not: Optional[str]) -> None:
         if a.dry_run:
             extra = ["--quick", "--no-maskrcnn", "--no-stages"]
         else:
-            extra = ["--dtypes", "fp32", "fp16", "--batch-sizes", "1", "8", "--warmup", "3", "--iters", "10",
+            extra = ["--precisions", "fp32", "fp16", "bf16", "--batch-sizes", "1", "8", "--warmup", "3", "--iters", "10",
                      "--no-maskrcnn"]
         cmd = [sys.executable, "tools/benchmark.py", "--config", config, "--device", dev, "--json", js, *extra,
                *(["--opts", *a.opts] if a.opts else [])]
