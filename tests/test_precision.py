@@ -180,3 +180,41 @@ def test_bf16_unoptimized_predictor_close_to_fp32(weights, image):
 def test_cast_network_needs_a_yolact_model():
     with pytest.raises(TypeError, match="expects a Yolact model"):
         prec.cast_network(torch.nn.Conv2d(3, 3, 1))
+
+
+@pytest.mark.slow
+@needs_bf16
+def test_bf16_video_predictor_close_to_fp32(tmp_path):
+    """YolactEdge at bf16: keyframes and warped frames (both start at preprocess_image) stay close."""
+    import test_video_predictor as tv
+
+    weights = fx.write_checkpoint(str(tmp_path / "edge.pth"), seed=0, config=tv.VID_R18, opts=tv.OPTS)
+    fp32 = VideoPredictor(tv.VID_R18, weights, device="cpu", opts=tv.OPTS, keyframe_interval=2)
+    bf16 = VideoPredictor(tv.VID_R18, weights, device="cpu", opts=tv.OPTS, keyframe_interval=2, precision="bf16")
+    for frame in tv.moving_frames(3):
+        want, got = fp32(frame), bf16(frame)
+        assert bf16.last_was_keyframe == fp32.last_was_keyframe
+        assert_close_detections(got, want)
+    assert bf16.num_keyframes == 2
+
+
+# ------------------------------------------------------------------------------ tools
+def test_tools_name_what_is_missing(monkeypatch, capsys):
+    """train_net / benchmark / demo: an unavailable precision is one error line, before any work."""
+    from yolact_d2.tools import benchmark, demo, train_net
+
+    monkeypatch.setattr(prec, "cpu_flags", lambda: frozenset({"avx2"}))
+    cpu = "train.device=cpu"
+    assert train_net.run_cli(["--config-file", fx.R50_CONFIG, "--eval-only", "--precision", "bf16", cpu]) == 2
+    assert "avx512_bf16" in capsys.readouterr().err
+    assert train_net.run_cli(["--config-file", fx.R50_CONFIG, "--eval-only", "--precision", "int8", cpu]) == 2
+    assert "not implemented" in capsys.readouterr().err
+    assert train_net.run_cli(["--config-file", fx.R50_CONFIG, "--precision", "bf16", cpu]) == 2  # training
+    assert "--eval-only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--precisions", "fp32", "bf16"])
+    err = capsys.readouterr().err
+    assert "--precisions bf16" in err and "amx_bf16" in err
+    with pytest.raises(SystemExit, match="--precision: .*avx512_bf16"):
+        demo.build_predictor(demo.parse_args(["--config-file", fx.R50_CONFIG, "--input", "x.jpg", "--precision", "bf16",
+                                              "--device", "cpu"]))

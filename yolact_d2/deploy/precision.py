@@ -94,6 +94,8 @@ def check_precision(precision, device) -> str:
         )
     if precision == "bf16":
         if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise PrecisionError(f"precision='bf16' on '{device}': CUDA is not available here; use device 'cpu'.")
             if not torch.cuda.is_bf16_supported():
                 raise PrecisionError(
                     f"precision='bf16': the GPU on '{device}' does not support bfloat16 "
