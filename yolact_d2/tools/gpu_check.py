@@ -447,7 +447,6 @@ def do_build(c: Check) -> None:
             caps = sorted({"%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
             c.env["TORCH_CUDA_ARCH_LIST"] = ";".join(caps)
     c.env.setdefault("MAX_JOBS", str(os.cpu_count() or 2))
-    c.env["YOLACT_D2_REQUIRE_CUDA"] = c.env.get("YOLACT_D2_REQUIRE_CUDA", "0")
     env_note["TORCH_CUDA_ARCH_LIST"] = c.env.get("TORCH_CUDA_ARCH_LIST")
     rc, out, secs = c.run("build_extension", [sys.executable, "setup.py", "build_ext", "--inplace"], 300)
     if rc != 0:
