@@ -16,6 +16,7 @@ from detectron2.structures import pairwise_iou
 from yolact_d2 import Predictor, VideoPredictor
 from yolact_d2.deploy import precision as prec
 from yolact_d2.deploy.optimize import MkldnnConv2d, optimize_for_inference
+from test_predictor import image, weights  # noqa: F401 - the seeded R50 checkpoint and image fixtures
 
 BF16_PROBLEM = prec.bf16_cpu_problem(prec.cpu_flags(), torch.backends.mkldnn.is_available())
 needs_bf16 = pytest.mark.skipif(BF16_PROBLEM is not None, reason=f"no fast bf16 here: {BF16_PROBLEM}")
@@ -30,16 +31,6 @@ MEAN_MASK_IOU = 0.85
 MIN_MASK_IOU = 0.55
 TOP = 10  # the fp32 Predictor's top detections looked for again at bf16
 MIN_TWINS = 8  # of them found (same class, box IoU >= MIN_BOX_IOU)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return fx.write_checkpoint(str(tmp_path_factory.mktemp("w") / "seeded.pth"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def image():
-    return fx.test_image(120, 160, seed=1)
 
 
 # ------------------------------------------------------------------------------ checks
