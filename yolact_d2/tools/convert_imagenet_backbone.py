@@ -32,6 +32,7 @@ def main(argv=None) -> int:
 
     from yolact_d2.checkpoint import ConversionError, load_official_checkpoint
     from yolact_d2.checkpoint.imagenet import convert_imagenet_backbone, default_config_for_imagenet, detect_imagenet_backbone
+    from yolact_d2.model_zoo import ConfigNotFoundError, resolve_config_file
 
     try:
         state = load_official_checkpoint(args.input)  # the safe reader; {"model": sd} or a plain sd
@@ -41,13 +42,12 @@ def main(argv=None) -> int:
             default = default_config_for_imagenet(info)
             if default is None:
                 raise ConversionError(f"no default config for a {info}: pass --config of the model it initialises.")
-            config = os.path.join(REPO, default)
-        if not os.path.exists(config):
-            raise ConversionError(f"config '{config}' does not exist; pass --config.")
+            config = default
+        config = resolve_config_file(config)  # a file, or a model-zoo name (also when installed)
         model = instantiate(LazyConfig.load(config).model)
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         converted, summary, info = convert_imagenet_backbone(state, shapes)
-    except ConversionError as e:
+    except (ConversionError, ConfigNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
