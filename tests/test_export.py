@@ -40,10 +40,20 @@ def assert_same(got, want):
     assert iou.min() >= 0.99
 
 
-def test_wrapper_matches_inference_with_padding(state):
+# Every post-processing / resize setting of the model, each against the model's own inference.
+SETTINGS = {
+    "fast_nms": [],
+    "class_agnostic": ["model.post_processor.class_agnostic=True"],
+    "standard_nms": ["model.post_processor.standard_nms=True"],
+    "shortest_edge": ["model.resize_mode=shortest_edge"],
+}
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_wrapper_matches_inference_with_padding(state, setting):
     from yolact_d2.deploy.onnx import outputs_to_instances
 
-    model = fx.build_model(opts=fx.SMALL_OPTS + ["model.post_processor.score_thresh=0.3"])
+    model = fx.build_model(opts=fx.SMALL_OPTS + ["model.post_processor.score_thresh=0.3"] + SETTINGS[setting])
     model.load_state_dict(state)
     images = [fx.test_image(90, 120, seed=s) for s in (4, 5)]
     wrapper = YolactExportWrapper(model).eval()
@@ -55,20 +65,39 @@ def test_wrapper_matches_inference_with_padding(state):
     for i, image in enumerate(images):
         want = reference_instances(model, image)
         n = int(counts[i])
-        assert n == len(want) and 0 < n < 100  # score_thresh leaves fewer than max_detections
+        assert n == len(want) > 0
+        if setting != "standard_nms":  # (greedy NMS keeps all 100 here)
+            assert n < 100  # score_thresh leaves fewer than max_detections: padding rows below
         # padding rows: class -1, score 0, empty mask
         assert torch.all(classes[i, n:] == -1) and torch.all(scores[i, n:] == 0) and not masks[i, n:].any()
         got = outputs_to_instances(outputs, (90, 120))[i]
         assert_same(got, want)
 
 
-def test_wrapper_rejects_unsupported(state):
-    model = fx.build_model(opts=fx.SMALL_OPTS + ["model.post_processor.class_agnostic=True"])
-    with pytest.raises(NotImplementedError, match="class_agnostic"):
-        YolactExportWrapper(model)
-    model = fx.build_model(opts=fx.SMALL_OPTS + ["model.resize_mode=shortest_edge"])
-    with pytest.raises(NotImplementedError, match="squash"):
-        YolactExportWrapper(model)
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["class_agnostic", "standard_nms", "shortest_edge"])
+def test_onnx_runtime_post_processing_settings(state, setting, tmp_path):
+    """Each non-default setting exported and run in onnxruntime against the PyTorch model."""
+    import onnx
+
+    from yolact_d2.deploy.onnx import OnnxPredictor, export_onnx
+
+    opts = fx.SMALL_OPTS + SETTINGS[setting]
+    model = fx.build_model(opts=opts)
+    model.load_state_dict(state)
+    exported = fx.build_model(opts=opts)
+    exported.load_state_dict(state)
+    fold_batch_norm(exported)
+    path = export_onnx(exported, str(tmp_path / "yolact.onnx"), sample_size=(90, 120), sample_batch=2)
+    proto = onnx.load(path, load_external_data=False)
+    ops = {n.op_type for n in proto.graph.node}
+    assert ("NonMaxSuppression" in ops) == (setting == "standard_nms")
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    # shortest_edge computes its resized size at export: a fixed image size
+    assert dims == (["batch", 3, 90, 120] if setting == "shortest_edge" else ["batch", 3, "height", "width"])
+    images = [fx.test_image(90, 120, seed=s) for s in (6, 7, 8)]
+    for got, image in zip(OnnxPredictor(path)(images), images):
+        assert_same(got, reference_instances(model, image))
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from torch import nn
 
 from detectron2.structures import Boxes, Instances
 
-from yolact_d2.deploy.wrapper import OUTPUT_NAMES, YolactExportWrapper
+from yolact_d2.deploy.wrapper import YolactExportWrapper, class_nms, output_names
 
 __all__ = ["export_onnx", "OnnxPredictor", "outputs_to_instances"]
 
@@ -32,6 +32,20 @@ logger = logging.getLogger(__name__)
 def _sample_images(batch: int, height: int, width: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=g)
+
+
+def _class_nms_onnx_table():
+    """custom_translation_table entry: our class_nms op as one ONNX NonMaxSuppression (greedy, per
+    class, score > threshold, IoU > threshold suppresses: torchvision's nms rule)."""
+    from onnxscript import opset18 as op
+
+    def translate(boxes, scores, iou_threshold: float, score_threshold: float):
+        big = op.Constant(value_int=2**62)  # no per-class cap: max_detections is applied after
+        iou = op.Constant(value_float=iou_threshold)
+        thr = op.Constant(value_float=score_threshold)
+        return op.NonMaxSuppression(boxes, scores, big, iou, thr)
+
+    return {class_nms._opoverload: translate}
 
 
 def export_onnx(
@@ -49,6 +63,16 @@ def export_onnx(
     """
     if opset < 17:
         raise ValueError(f"export_onnx: opset must be >= 17, got {opset}.")
+    if getattr(model, "mask_rescoring", None) is not None and opset < 19:
+        logger.info("export_onnx: YOLACT++ deformable convs need ONNX DeformConv (opset 19); using 19.")
+        opset = 19
+    if model.resize_mode != "squash" and dynamic_size:
+        logger.warning(
+            "export_onnx: resize_mode=%r computes its resized size when the graph is recorded: the "
+            "graph takes %s images only (export with sample_size = your image size).",
+            model.resize_mode, tuple(sample_size),
+        )
+        dynamic_size = False
     model = model.eval()
     wrapper = YolactExportWrapper(model).eval()
     sample = _sample_images(sample_batch, *sample_size).to(model.device)
@@ -63,11 +87,12 @@ def export_onnx(
             (sample,),
             path,
             input_names=["images"],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(output_names(model)),
             opset_version=opset,
             dynamo=True,
             dynamic_shapes={"images": shapes},
             external_data=False,
+            custom_translation_table=_class_nms_onnx_table(),
         )
     del program
     import onnx
@@ -78,8 +103,9 @@ def export_onnx(
 
 
 def outputs_to_instances(outputs: Sequence[np.ndarray], image_size: Tuple[int, int]) -> List[Instances]:
-    """The exported graph's outputs (numpy or tensors) -> one Instances per image (real rows only)."""
-    boxes, scores, classes, masks, counts = (torch.as_tensor(np.asarray(o)) for o in outputs)
+    """The exported graph's outputs (numpy or tensors) -> one Instances per image (real rows only);
+    a sixth output (YOLACT++) becomes `mask_scores`."""
+    boxes, scores, classes, masks, counts, *rest = (torch.as_tensor(np.asarray(o)) for o in outputs)
     result = []
     for i in range(boxes.shape[0]):
         n = int(counts[i])
@@ -88,6 +114,8 @@ def outputs_to_instances(outputs: Sequence[np.ndarray], image_size: Tuple[int, i
         inst.scores = scores[i, :n].float()
         inst.pred_classes = classes[i, :n].long()
         inst.pred_masks = masks[i, :n].bool()
+        if rest:
+            inst.mask_scores = rest[0][i, :n].float()
         result.append(inst)
     return result
 
@@ -116,6 +144,6 @@ class OnnxPredictor:
         if self.input_format == "RGB":
             batch = [img[:, :, ::-1] for img in batch]
         array = np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2))  # (B, 3, H, W) uint8
-        outputs = self.session.run(list(OUTPUT_NAMES), {"images": array})
+        outputs = self.session.run([o.name for o in self.session.get_outputs()], {"images": array})
         result = outputs_to_instances(outputs, batch[0].shape[:2])
         return result[0] if single else result
