@@ -26,7 +26,7 @@ from detectron2.structures import Instances
 from yolact_d2.checkpoint.mismatch import StateDictDiff, WeightsMismatchError
 from yolact_d2.checkpoint.safe_load import checkpoint_meta, load_checkpoint_file, model_state_from
 from yolact_d2.deploy.optimize import optimize_for_inference
-from yolact_d2.deploy.precision import apply_precision, check_precision
+from yolact_d2.deploy.precision import PrecisionError, apply_precision, check_precision
 
 __all__ = ["Predictor", "VideoPredictor", "load_model_config", "load_weights", "WeightsMismatchError"]
 
@@ -199,8 +199,13 @@ class Predictor:
             the model exactly as configured.
         precision: "fp32" (default), "bf16" (CPU with AVX512-BF16 or AMX, or CUDA: the network's
             weights in bfloat16, pre/post-processing float32; see yolact_d2.deploy.precision),
-            "fp16" (CUDA: float16 autocast); "int8" is not implemented yet. A precision the
-            machine cannot run is an error naming what is missing.
+            "fp16" (CUDA: float16 autocast), "int8" (CPU: exported to ONNX, backbone and protonet
+            convs statically quantized, run by ONNX Runtime; see yolact_d2.deploy.quantize). A
+            precision the machine cannot run is an error naming what is missing.
+        calibration: int8 only: a folder of images to calibrate on (the first 100), or None for
+            100 images of the config's training dataset. The calibrated model is cached next to
+            the weights (<weights>.int8.<hash12>.onnx) and reused while weights, config and
+            calibration images are unchanged.
         fp16: alias of precision="fp16" (older API).
 
     Call with one (H, W, 3) uint8 BGR numpy image -> `Instances` (pred_boxes, scores,
@@ -219,6 +224,7 @@ class Predictor:
         optimize: bool = True,
         fp16: bool = False,
         precision: str = "fp32",
+        calibration: Optional[str] = None,
     ):
         self.cfg, model_cfg = load_model_config(config, opts)
         if device is None:
@@ -244,7 +250,14 @@ class Predictor:
         model.to(self.device).eval()
         if score_threshold is not None:
             model.post_processor.score_thresh = float(score_threshold)
-        if optimize:
+        self._int8 = None
+        if self.precision == "int8":  # the ONNX export wants the model as configured (BN folded there)
+            from yolact_d2.deploy.onnx import OnnxPredictor
+            from yolact_d2.deploy.quantize import int8_model_path
+
+            path = int8_model_path(self.cfg, model_cfg, model, weights, calibration)
+            self._int8 = OnnxPredictor(path, input_format=getattr(model, "input_format", "BGR"))
+        elif optimize:
             optimize_for_inference(model)
         apply_precision(model, self.precision)
         self.model = model
@@ -267,6 +280,9 @@ class Predictor:
         batch = [images] if single else list(images)
         if not batch:
             raise ValueError("Predictor: got an empty list of images.")
+        if self._int8 is not None:  # one image a run: the graph takes one size per call
+            results = [self._int8(_check_image(img, None if single else i)) for i, img in enumerate(batch)]
+            return results[0] if single else results
         inputs = [self._to_input(_check_image(img, None if single else i)) for i, img in enumerate(batch)]
         with torch.inference_mode():
             if self.fp16:
@@ -322,6 +338,11 @@ class VideoPredictor(Predictor):
         precision: str = "fp32",
     ):
         self._set_schedule(keyframe_interval, adaptive)  # bad arguments fail before the model is built
+        if precision == "int8":
+            raise PrecisionError(
+                "VideoPredictor: precision='int8' is not built for video models yet (the keyframe and "
+                "warped graphs are not exported); use 'fp32' or 'bf16'."
+            )
         super().__init__(
             config, weights, device, score_threshold=score_threshold, opts=opts, optimize=optimize, fp16=fp16,
             precision=precision,
@@ -332,6 +353,8 @@ class VideoPredictor(Predictor):
     def from_predictor(cls, predictor: Predictor, *, keyframe_interval: int = 5, adaptive=None) -> "VideoPredictor":
         """A VideoPredictor on `predictor`'s model (shared: no second build or weight load); the
         demo uses it when the config turns out to be a video model."""
+        if getattr(predictor, "_int8", None) is not None:
+            raise PrecisionError("VideoPredictor: precision='int8' is not built for video models yet; use 'fp32' or 'bf16'.")
         vp = cls.__new__(cls)
         vp.__dict__.update(predictor.__dict__)
         vp._check_model(vp.model)

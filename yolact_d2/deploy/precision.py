@@ -1,4 +1,4 @@
-"""Numeric precision of inference: "fp32" (default), "bf16", "fp16"; "int8" is not built yet.
+"""Numeric precision of inference: "fp32" (default), "bf16", "fp16", "int8" (CPU, ONNX Runtime).
 
 Only the network (backbone, FPN, protonet, head; YolactEdge's flow net) runs at the lower
 precision. Pre-processing (resize, normalise) and post-processing (softmax, box decoding, Fast
@@ -10,6 +10,8 @@ README): the network's weights are cast to bfloat16 once, stay channels_last, an
 same oneDNN fused conv(+ReLU) of `optimize.MkldnnConv2d` with bf16 weights packed once.
 `torch.autocast("cpu", bfloat16)` was slower: it re-casts every fp32 weight on every call and
 cannot use the packed oneDNN weights. fp16 (CUDA only) keeps the older autocast path.
+int8 is not a rewrite of the torch model: the model is exported to ONNX and statically
+quantized (per part) in yolact_d2.deploy.quantize, then runs in ONNX Runtime.
 """
 import functools
 from typing import FrozenSet, Optional
@@ -26,6 +28,7 @@ __all__ = [
     "apply_precision",
     "cpu_flags",
     "bf16_cpu_problem",
+    "int8_problem",
     "check_precision",
     "cast_network",
 ]
@@ -42,7 +45,7 @@ class PrecisionError(ValueError):
 
 
 class PrecisionNotImplementedError(PrecisionError, NotImplementedError):
-    """A precision that yolact_d2 does not implement yet (int8)."""
+    """A precision that yolact_d2 does not implement yet (none since int8 landed; kept for callers)."""
 
 
 def cpu_flags() -> FrozenSet[str]:
@@ -77,16 +80,32 @@ def bf16_cpu_problem(flags: FrozenSet[str], mkldnn_available: bool) -> Optional[
     )
 
 
+def int8_problem(device) -> Optional[str]:
+    """Why int8 cannot run here (None: it can). int8 is ONNX Runtime static QDQ on the CPU
+    (yolact_d2.deploy.quantize); its absence is a message, never an import error."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return (
+            f"int8 runs on the CPU (ONNX Runtime QDQ), not on '{device}'; use device='cpu', "
+            "or 'fp16'/'bf16' on CUDA"
+        )
+    import importlib.util
+
+    missing = [m for m in ("onnxruntime", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"it needs {', '.join(missing)} (pip install {' '.join(missing)})"
+    return None
+
+
 def check_precision(precision, device) -> str:
     """Validate `precision` for `device`; returns it. Errors name what is missing and what to do."""
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
     if precision == "int8":
-        raise PrecisionNotImplementedError(
-            "precision='int8' is not implemented yet (issue 12: post-training static quantization "
-            "is still to come); use 'fp32' or, on a CPU with AVX512-BF16/AMX, 'bf16'."
-        )
+        problem = int8_problem(device)
+        if problem is not None:
+            raise PrecisionError(f"precision='int8': {problem}.")
     if precision == "fp16" and device.type != "cuda":
         raise PrecisionError(
             f"precision='fp16' needs a CUDA device (CPU float16 convs are slow and inexact); got device "

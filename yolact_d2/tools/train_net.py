@@ -229,6 +229,10 @@ def do_eval_only(cfg, precision: str = "fp32"):
     logger.info(f"Evaluating {weights} at precision {precision}")
     if precision == "fp32":
         return do_test(cfg, model)  # the model exactly as trained, as before the precision option
+    if precision == "int8":  # the Predictor's int8 engine: calibrated ONNX (cached next to the weights) in onnxruntime
+        from yolact_d2.deploy.quantize import OnnxYolactModel, int8_model_path
+
+        return do_test(cfg, OnnxYolactModel(int8_model_path(cfg, cfg.model, model.eval(), weights)))
     # Lower precision: the Predictor's inference form (yolact_d2.deploy), so AP measures what it runs.
     apply_precision(optimize_for_inference(model), precision)
     with torch.autocast("cuda", dtype=torch.float16, enabled=precision == "fp16"):
@@ -254,7 +258,8 @@ def parse_args(argv=None):
     parser = default_argument_parser()
     parser.add_argument(
         "--precision", default="fp32", choices=PRECISIONS,
-        help="--eval-only: evaluate at this precision (yolact_d2.deploy.precision; bf16 needs AVX512-BF16/AMX or CUDA)",
+        help="--eval-only: evaluate at this precision (yolact_d2.deploy.precision; bf16 needs AVX512-BF16/AMX or CUDA; "
+        "int8: CPU, ONNX Runtime, calibrated on 100 training images, cached next to the weights)",
     )
     args = parser.parse_args(argv)
     if not any(word.startswith("-") for word in args.opts):
