@@ -38,6 +38,8 @@ def assert_same(got, want):
     union = (got.pred_masks | want.pred_masks).flatten(1).sum(1).float()
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
     assert iou.min() >= 0.99
+    if want.has("mask_scores"):  # YOLACT++ re-scoring
+        assert (got.mask_scores - want.mask_scores).abs().max() <= 1e-4
 
 
 # Every post-processing / resize setting of the model, each against the model's own inference.
@@ -98,6 +100,34 @@ def test_onnx_runtime_post_processing_settings(state, setting, tmp_path):
     images = [fx.test_image(90, 120, seed=s) for s in (6, 7, 8)]
     for got, image in zip(OnnxPredictor(path)(images), images):
         assert_same(got, reference_instances(model, image))
+
+
+@pytest.mark.slow
+def test_onnx_runtime_yolact_plus(tmp_path):
+    """YOLACT++: deformable convs as ONNX DeformConv (opset 19; onnxruntime's CPU kernel) and the
+    mask re-scoring in the graph, against the PyTorch model (mask_scores within 1e-4)."""
+    import onnx
+
+    from yolact_d2.deploy.onnx import OnnxPredictor, export_onnx
+
+    config = os.path.join(fx.REPO, "configs", "yolact", "yolact_plus_R_50_FPN_550.py")
+    opts = ["model.input_size=256"]  # the mask-IoU net needs prototypes >= 63 px
+    state = fx.seeded_state_dict(seed=0, config=config, opts=opts)
+    model = fx.build_model(opts=opts, config=config)
+    model.load_state_dict(state)
+    exported = fx.build_model(opts=opts, config=config)
+    exported.load_state_dict(state)
+    fold_batch_norm(exported)
+    path = export_onnx(exported, str(tmp_path / "yolact_plus.onnx"), sample_size=(90, 120), sample_batch=1)
+    proto = onnx.load(path, load_external_data=False)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    assert "DeformConv" in {n.op_type for n in proto.graph.node}
+    assert [o.name for o in proto.graph.output][-1] == "mask_scores"
+    images = [fx.test_image(100, 140, seed=s) for s in (6, 7)]
+    for got, image in zip(OnnxPredictor(path)(images), images):
+        want = reference_instances(model, image)
+        assert want.has("mask_scores") and got.has("mask_scores")
+        assert_same(got, want)
 
 
 @pytest.mark.slow
