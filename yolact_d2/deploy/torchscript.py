@@ -8,7 +8,10 @@ Limits:
   keeps batch and image size symbolic (sizes are read with aten::size), but control flow that
   depends on values is frozen: fine here, as the wrapper has none. torch.jit is deprecated in
   torch 2.x; prefer torch.export or ONNX for new deployments.
-* torch.export: dynamic batch, height and width; load with torch.export.load(path).module().
+* torch.export: dynamic batch, height and width ("shortest_edge" models: dynamic batch, the
+  recorded image size); load with torch.export.load(path).module().
+* Standard-NMS models call the `yolact_d2_export::class_nms` op: `import yolact_d2.deploy.wrapper`
+  before loading them.
 """
 import os
 from typing import Tuple
@@ -36,7 +39,9 @@ def export_program(model: nn.Module, path: str, sample_size: Tuple[int, int] = (
     wrapper = YolactExportWrapper(model.eval()).eval()
     sample = _sample_images(sample_batch, *sample_size).to(model.device)
     dim = torch.export.Dim
-    shapes = {"images": {0: dim("batch", min=1, max=1024), 2: dim("height", min=32, max=8192), 3: dim("width", min=32, max=8192)}}
+    shapes = {"images": {0: dim("batch", min=1, max=1024)}}
+    if model.resize_mode == "squash":  # shortest_edge computes its resized size from the sample
+        shapes["images"].update({2: dim("height", min=32, max=8192), 3: dim("width", min=32, max=8192)})
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     with torch.no_grad():
         program = torch.export.export(wrapper, (sample,), dynamic_shapes=shapes)

@@ -1,4 +1,4 @@
-"""Export a YOLACT model (resize + network + Fast NMS + mask assembly) for deployment.
+"""Export a YOLACT / YOLACT++ model (resize + network + NMS + mask assembly) for deployment.
 
     python tools/export_model.py --config configs/yolact/yolact_R_50_FPN_550.py \\
         --weights yolact_R_50_FPN_550.pth --output yolact_r50.onnx
@@ -8,9 +8,11 @@
 
 The exported graph takes "images" (B, 3, H, W) uint8 BGR (batch, height and width dynamic; one size
 per call) and returns boxes (B, D, 4) pixels, scores (B, D), classes (B, D) (-1 = padding),
-masks (B, D, H, W) bool and num_detections (B,), D = max_detections (100). ONNX: opset 18, run it
-with yolact_d2.deploy.onnx.OnnxPredictor or any onnxruntime session. Batch norms are folded into
-the convs before export.
+masks (B, D, H, W) bool and num_detections (B,), D = max_detections (100), and for YOLACT++
+mask_scores (B, D). ONNX: opset 18 (19 for YOLACT++: DeformConv), run it with
+yolact_d2.deploy.onnx.OnnxPredictor or any onnxruntime session. Every post-processing setting
+(Fast NMS, class-agnostic, standard NMS) exports; "shortest_edge" models export for one image
+size (--sample-size). Batch norms are folded into the convs before export.
 """
 import argparse
 import os
@@ -47,10 +49,16 @@ def compare(exported, reference) -> dict:
     inter = (exported.pred_masks[:n] & reference.pred_masks[:n]).flatten(1).sum(1).float()
     union = (exported.pred_masks[:n] | reference.pred_masks[:n]).flatten(1).sum(1).float()
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    mask_score_diff = 0.0
+    if n and reference.has("mask_scores"):  # YOLACT++: the re-scored mask confidences too
+        if not exported.has("mask_scores"):
+            mask_score_diff = float("inf")
+        else:
+            mask_score_diff = float((exported.mask_scores[:n] - reference.mask_scores[:n]).abs().max())
     return {
         "detections": [len(exported), len(reference)],
         "classes_equal": bool(same_classes),
-        "max_score_diff": score_diff,
+        "max_score_diff": max(score_diff, mask_score_diff),
         "min_mask_iou": float(iou.min()) if n else 1.0,
     }
 
@@ -68,6 +76,11 @@ def main(argv=None) -> int:
     predictor = Predictor(resolve_config_file(args.config), args.weights, device="cpu", opts=args.opts, optimize=False)
     model = predictor.model
     fold_batch_norm(model)  # leaner graph; same results up to float rounding
+    if model.resize_mode != "squash" and args.verify:
+        # shortest_edge graphs take the recorded image size only: record at the verify image's size
+        image = cv2.imread(args.verify)
+        if image is not None:
+            args.sample_size = image.shape[:2]
     start = time.perf_counter()
     if args.format == "onnx":
         export_onnx(model, args.output, opset=args.opset, sample_size=tuple(args.sample_size),
