@@ -5,6 +5,7 @@ Oracles: torch's own CPU probes for the flag reader; F.conv2d in float32 on the 
 bf16-rounded operands for the oneDNN bf16 conv; the fp32 model called directly (the exact fp32
 path) and the fp32 Predictor's detections, matched by box IoU, for bf16.
 """
+import importlib.util
 import os
 
 import pytest
@@ -75,7 +76,7 @@ def test_predictor_reports_missing_bf16_before_building(monkeypatch):
 @pytest.mark.parametrize(
     "precision, device, exc, words",
     [
-        ("int8", "cpu", NotImplementedError, "not implemented"),
+        ("int8", "cuda", ValueError, "int8'.*(CPU|video)"),  # int8: CPU only; VideoPredictor: not yet
         ("fp16", "cpu", ValueError, "CUDA"),
         ("float32", "cpu", ValueError, "fp32, bf16, fp16, int8"),
     ],
@@ -198,8 +199,11 @@ def test_tools_name_what_is_missing(monkeypatch, capsys):
     cpu = "train.device=cpu"
     assert train_net.run_cli(["--config-file", fx.R50_CONFIG, "--eval-only", "--precision", "bf16", cpu]) == 2
     assert "avx512_bf16" in capsys.readouterr().err
+    find_spec = importlib.util.find_spec  # int8 without onnxruntime (simulated): named, with the pip line
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "onnxruntime" else find_spec(m, *a))
     assert train_net.run_cli(["--config-file", fx.R50_CONFIG, "--eval-only", "--precision", "int8", cpu]) == 2
-    assert "not implemented" in capsys.readouterr().err
+    assert "pip install onnxruntime" in capsys.readouterr().err
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     assert train_net.run_cli(["--config-file", fx.R50_CONFIG, "--precision", "bf16", cpu]) == 2  # training
     assert "--eval-only" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -250,13 +250,13 @@ class Predictor:
         model.to(self.device).eval()
         if score_threshold is not None:
             model.post_processor.score_thresh = float(score_threshold)
-        self._int8 = None
+        self._int8 = self.int8_path = None
         if self.precision == "int8":  # the ONNX export wants the model as configured (BN folded there)
             from yolact_d2.deploy.onnx import OnnxPredictor
             from yolact_d2.deploy.quantize import int8_model_path
 
-            path = int8_model_path(self.cfg, model_cfg, model, weights, calibration)
-            self._int8 = OnnxPredictor(path, input_format=getattr(model, "input_format", "BGR"))
+            self.int8_path = int8_model_path(self.cfg, model_cfg, model, weights, calibration)
+            self._int8 = OnnxPredictor(self.int8_path, input_format=getattr(model, "input_format", "BGR"))
         elif optimize:
             optimize_for_inference(model)
         apply_precision(model, self.precision)

@@ -1,0 +1,154 @@
+"""yolact_d2.deploy.quantize: int8 (ONNX Runtime static QDQ) against fp32, the per-part choice,
+the calibration cache, and int8's errors.
+
+Oracles: the fp32 Predictor (PyTorch; test_export shows the fp32 ONNX equals it within 1e-4) on
+the same seeded weights, its detections matched by class and box IoU; the exported graph's own
+weight names for which convs are int8; file mtimes and a calibration that must not run for the cache.
+Model: configs/shapes/yolact_shapes_tiny.py (64x64 input, 4-channel backbone), calibrated on its
+16 generated training images.
+"""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import inference_fixtures as fx
+from detectron2.data import DatasetCatalog
+from detectron2.structures import pairwise_iou
+from yolact_d2 import Predictor, VideoPredictor
+from yolact_d2.deploy import precision as prec
+from yolact_d2.deploy import quantize as q
+
+TINY = os.path.join(fx.REPO, "configs", "shapes", "yolact_shapes_tiny.py")
+# Measured here (seeded tiny model, 4 val + 4 train images, top 5 each): twins found 40/40, score
+# difference <= 0.0004, mask IoU mean 0.95, 38/40 >= 0.75 (seeded, untrained prototypes leave many
+# pixels near the 0.5 threshold: one small mask flipped to IoU 0). Stated bounds, with margin:
+TOP = 5
+MIN_TWIN_FRACTION = 0.8  # of the fp32 top detections found at int8 (same class, box IoU >= 0.8)
+SCORE_TOL = 0.01
+MEAN_MASK_IOU = 0.9
+GOOD_MASK_IOU, MIN_GOOD_FRACTION = 0.75, 0.85
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    return fx.write_checkpoint(str(tmp_path_factory.mktemp("int8") / "tiny.pth"), config=TINY, opts=[])
+
+
+@pytest.fixture(scope="module")
+def int8_predictor(tiny_weights):
+    return Predictor(TINY, tiny_weights, device="cpu", precision="int8")  # calibration: the config's train set
+
+
+def _shapes_images():
+    # registered when the tiny config was loaded (the predictor fixtures load it first)
+    files = [d["file_name"] for name in ("shapes_tiny_val", "shapes_tiny_train") for d in DatasetCatalog.get(name)[:4]]
+    return [cv2.imread(f) for f in files]
+
+
+def _mask_iou(a, b):
+    inter = (a & b).sum().item()
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else inter / union
+
+
+def test_int8_matches_fp32(tiny_weights, int8_predictor):
+    fp32 = Predictor(TINY, tiny_weights, device="cpu")
+    found = total = 0
+    mask_ious = []
+    for image in _shapes_images():
+        want, got = fp32(image), int8_predictor(image)
+        assert got.image_size == want.image_size and got.pred_masks.shape[1:] == image.shape[:2]
+        assert len(want) >= TOP
+        ious = pairwise_iou(want.pred_boxes[:TOP], got.pred_boxes)
+        for i in range(TOP):
+            total += 1
+            same_class = got.pred_classes == want.pred_classes[i]
+            candidates = torch.where(same_class, ious[i], torch.zeros_like(ious[i]))
+            j = int(candidates.argmax())
+            if candidates[j] < 0.8:
+                continue
+            found += 1
+            assert abs(float(got.scores[j] - want.scores[i])) <= SCORE_TOL
+            mask_ious.append(_mask_iou(got.pred_masks[j], want.pred_masks[i]))
+    assert found >= MIN_TWIN_FRACTION * total, f"only {found}/{total} fp32 top detections found at int8"
+    assert np.mean(mask_ious) >= MEAN_MASK_IOU, mask_ious
+    assert np.mean(np.array(mask_ious) >= GOOD_MASK_IOU) >= MIN_GOOD_FRACTION, mask_ious
+
+
+def test_only_chosen_parts_are_int8(int8_predictor):
+    """Default parts: every backbone/protonet conv reads a dequantized int8 weight, no FPN/head conv does."""
+    import onnx
+
+    proto = onnx.load(int8_predictor.int8_path)
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    int8_by_part = {}
+    for node in proto.graph.node:
+        if node.op_type != "Conv":
+            continue
+        dq = producers.get(node.input[1])
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            weight, int8 = dq.input[0], True
+            assert proto.graph.initializer and any(
+                i.name == weight and i.data_type == onnx.TensorProto.INT8 for i in proto.graph.initializer
+            ), f"{weight}: int8 weights expected"
+        else:
+            weight, int8 = node.input[1], False
+        int8_by_part.setdefault(q._part_of(weight.replace("_quantized", "")), set()).add(int8)
+    assert int8_by_part == {"backbone": {True}, "protonet": {True}, "fpn": {False}, "head": {False}}
+
+
+def test_cache_reused_and_rebuilt(tiny_weights, int8_predictor, tmp_path, monkeypatch):
+    path = int8_predictor.int8_path
+    assert os.path.dirname(path) == os.path.dirname(tiny_weights)
+    assert os.path.basename(path).startswith("tiny.pth.int8.") and path.endswith(".onnx")
+    mtime = os.stat(path).st_mtime_ns
+    # same weights, config, calibration: no calibration runs, the file is not rewritten
+    monkeypatch.setattr(q, "quantize_onnx_int8", lambda *a, **k: pytest.fail("re-calibrated on the same weights"))
+    again = Predictor(TINY, tiny_weights, device="cpu", precision="int8")
+    assert again.int8_path == path and os.stat(path).st_mtime_ns == mtime
+    image = _shapes_images()[0]
+    assert torch.equal(again(image).pred_classes, int8_predictor(image).pred_classes)
+    monkeypatch.undo()
+    # other weights: another cache file, calibrated anew
+    other = fx.write_checkpoint(str(tmp_path / "tiny.pth"), seed=1, config=TINY, opts=[])
+    rebuilt = Predictor(TINY, other, device="cpu", precision="int8")
+    other_path = rebuilt.int8_path
+    assert os.path.dirname(other_path) == str(tmp_path) and os.path.isfile(other_path)
+    assert os.path.basename(other_path) != os.path.basename(path)
+    # a calibration folder is another calibration: another hash
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, img in enumerate(_shapes_images()[:3]):
+        cv2.imwrite(str(folder / f"{i}.png"), img)
+    files = q.calibration_files(None, str(folder))
+    assert len(files) == 3
+    assert q.int8_cache_path(other, {"a": 1}, files) != q.int8_cache_path(other, {"a": 1}, files[:2])
+    assert q.int8_cache_path(other, {"a": 1}, files) != q.int8_cache_path(other, {"a": 2}, files)
+
+
+def test_int8_errors(tiny_weights, tmp_path, monkeypatch):
+    with pytest.raises(prec.PrecisionError, match="CPU"):
+        prec.check_precision("int8", "cuda")
+    real_find_spec = __import__("importlib").util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda m, *a: None if m == "onnxruntime" else real_find_spec(m, *a))
+    with pytest.raises(prec.PrecisionError, match="pip install onnxruntime"):
+        Predictor(TINY, tiny_weights, device="cpu", precision="int8")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="needs a weights file"):
+        Predictor(TINY, None, device="cpu", precision="int8")
+    with pytest.raises(prec.PrecisionError, match="video"):
+        VideoPredictor(TINY, tiny_weights, device="cpu", precision="int8")
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        Predictor(TINY, tiny_weights, device="cpu", precision="int8", calibration=str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image"):
+        q.calibration_files(None, str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="unknown"):
+        q._check_parts(["backbone", "neck"])
+    with pytest.raises(ValueError, match="uint8"):
+        q.quantize_onnx_int8("x.onnx", "y.onnx", [np.zeros((8, 8), np.uint8)])
