@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
-from yolact_d2.layers.ops import box_iou_matrix, crop_masks_pytorch
-from yolact_d2.modeling.inference import decode_boxes
+# One post-processing: the pure-PyTorch Fast NMS test and crop of layers.ops and the decode /
+# sanitize of modeling.inference, batched here over padded candidates.
+from yolact_d2.layers.ops import _suppressed_by_earlier, box_iou_matrix, crop_masks_pytorch
+from yolact_d2.modeling.inference import _sanitize, decode_boxes
 
 __all__ = ["YolactExportWrapper", "OUTPUT_NAMES", "RESCORED_OUTPUT_NAMES", "output_names"]
 
@@ -124,9 +126,9 @@ class YolactExportWrapper(nn.Module):
         return det_scores, pick, torch.div(pick, per_row, rounding_mode="floor"), pick % per_row
 
     def _suppress(self, cand: torch.Tensor, top_scores: torch.Tensor) -> torch.Tensor:
-        """Fast NMS test on score-sorted candidates (..., K, 4): keep mask (..., K)."""
-        iou = torch.triu(box_iou_matrix(cand, cand), diagonal=1)  # pairs i < j only
-        keep = (iou.max(dim=-2).values <= self.nms_iou) & (top_scores > -0.5)
+        """Fast NMS test on score-sorted candidates (..., K, 4) -> keep (..., K), the same test as
+        fast_nms_pytorch; invalid (-1) candidates and those under score_thresh are dropped."""
+        keep = _suppressed_by_earlier(box_iou_matrix(cand, cand), self.nms_iou) & (top_scores > -0.5)
         if self.score_thresh > 0:
             keep = keep & (top_scores > self.score_thresh)
         return keep
@@ -174,16 +176,16 @@ class YolactExportWrapper(nn.Module):
         return det_scores, det_prior, det_class
 
     def _pixel_boxes(self, det_boxes, height, width, resized):
-        """Official sanitize_coordinates: relative -> pixels, ordered, clamped (inference._sanitize)."""
+        """relative -> pixel boxes with YolactPostProcessor's own sanitize and scale rule."""
+        # Image size as 0-d tensors: symbolic in a dynamic-size graph (squash).
         w = torch.zeros((), dtype=det_boxes.dtype, device=det_boxes.device) + width
         h = torch.zeros((), dtype=det_boxes.dtype, device=det_boxes.device) + height
-        # squash: times the image size; shortest_edge: the canvas maps to net_size * image / resized
-        sx = w if self.squash else w * (self.net_size[1] / resized[1])
-        sy = h if self.squash else h * (self.net_size[0] / resized[0])
-        x1, x2 = det_boxes[..., 0] * sx, det_boxes[..., 2] * sx
-        y1, y2 = det_boxes[..., 1] * sy, det_boxes[..., 3] * sy
-        x1, x2 = torch.minimum(x1, x2).clamp(min=0), torch.minimum(torch.maximum(x1, x2), w)
-        y1, y2 = torch.minimum(y1, y2).clamp(min=0), torch.minimum(torch.maximum(y1, y2), h)
+        # squash: times the image size; shortest_edge (a fixed-size graph): the canvas maps to
+        # net_size * image / resized, in the same float64 order as the post-processor.
+        sx = w if self.squash else self.net_size[1] * int(width) / resized[1]
+        sy = h if self.squash else self.net_size[0] * int(height) / resized[0]
+        x1, x2 = _sanitize(det_boxes[..., 0], det_boxes[..., 2], sx, w)
+        y1, y2 = _sanitize(det_boxes[..., 1], det_boxes[..., 3], sy, h)
         pixel_boxes = torch.stack([x1, y1, x2, y2], dim=2)
         return pixel_boxes.floor() if self.integer_boxes else pixel_boxes
 
