@@ -80,11 +80,11 @@ def test_int8_matches_fp32(tiny_weights, int8_predictor):
     assert np.mean(np.array(mask_ious) >= GOOD_MASK_IOU) >= MIN_GOOD_FRACTION, mask_ious
 
 
-def test_only_chosen_parts_are_int8(int8_predictor):
-    """Default parts: every backbone/protonet conv reads a dequantized int8 weight, no FPN/head conv does."""
+def _int8_by_part(path):
+    """{part: {whether its convs read a dequantized int8 weight}} of an int8 ONNX file."""
     import onnx
 
-    proto = onnx.load(int8_predictor.int8_path)
+    proto = onnx.load(path)
     producers = {out: node for node in proto.graph.node for out in node.output}
     int8_by_part = {}
     for node in proto.graph.node:
@@ -99,7 +99,15 @@ def test_only_chosen_parts_are_int8(int8_predictor):
         else:
             weight, int8 = node.input[1], False
         int8_by_part.setdefault(q._part_of(weight.replace("_quantized", "")), set()).add(int8)
-    assert int8_by_part == {"backbone": {True}, "protonet": {True}, "fpn": {False}, "head": {False}}
+    return int8_by_part
+
+
+def test_only_chosen_parts_are_int8(tiny_weights, int8_predictor):
+    """Every conv of a chosen part reads a dequantized int8 weight, no conv of another part does."""
+    assert _int8_by_part(int8_predictor.int8_path) == {p: {p in q.DEFAULT_INT8_PARTS} for p in q.PARTS}
+    edge = Predictor(TINY, tiny_weights, device="cpu", precision="int8", int8_parts=("backbone", "protonet"))
+    assert edge.int8_path != int8_predictor.int8_path  # the parts are part of the cache key
+    assert _int8_by_part(edge.int8_path) == {"backbone": {True}, "protonet": {True}, "fpn": {False}, "head": {False}}
 
 
 def test_cache_reused_and_rebuilt(tiny_weights, int8_predictor, tmp_path, monkeypatch):

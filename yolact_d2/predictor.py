@@ -199,13 +199,16 @@ class Predictor:
             the model exactly as configured.
         precision: "fp32" (default), "bf16" (CPU with AVX512-BF16 or AMX, or CUDA: the network's
             weights in bfloat16, pre/post-processing float32; see yolact_d2.deploy.precision),
-            "fp16" (CUDA: float16 autocast), "int8" (CPU: exported to ONNX, backbone and protonet
-            convs statically quantized, run by ONNX Runtime; see yolact_d2.deploy.quantize). A
+            "fp16" (CUDA: float16 autocast), "int8" (CPU: exported to ONNX, the network's convs
+            statically quantized, run by ONNX Runtime; see yolact_d2.deploy.quantize). A
             precision the machine cannot run is an error naming what is missing.
         calibration: int8 only: a folder of images to calibrate on (the first 100), or None for
             100 images of the config's training dataset. The calibrated model is cached next to
             the weights (<weights>.int8.<hash12>.onnx) and reused while weights, config and
             calibration images are unchanged.
+        int8_parts: int8 only: the network parts whose convs go int8, among "backbone", "fpn",
+            "protonet", "head" (None: yolact_d2.deploy.quantize.DEFAULT_INT8_PARTS); the others
+            stay float32.
         fp16: alias of precision="fp16" (older API).
 
     Call with one (H, W, 3) uint8 BGR numpy image -> `Instances` (pred_boxes, scores,
@@ -225,6 +228,7 @@ class Predictor:
         fp16: bool = False,
         precision: str = "fp32",
         calibration: Optional[str] = None,
+        int8_parts: Optional[Sequence[str]] = None,
     ):
         self.cfg, model_cfg = load_model_config(config, opts)
         if device is None:
@@ -253,9 +257,10 @@ class Predictor:
         self._int8 = self.int8_path = None
         if self.precision == "int8":  # the ONNX export wants the model as configured (BN folded there)
             from yolact_d2.deploy.onnx import OnnxPredictor
-            from yolact_d2.deploy.quantize import int8_model_path
+            from yolact_d2.deploy.quantize import DEFAULT_INT8_PARTS, int8_model_path
 
-            self.int8_path = int8_model_path(self.cfg, model_cfg, model, weights, calibration)
+            parts = DEFAULT_INT8_PARTS if int8_parts is None else int8_parts
+            self.int8_path = int8_model_path(self.cfg, model_cfg, model, weights, calibration, parts=parts)
             self._int8 = OnnxPredictor(self.int8_path, input_format=getattr(model, "input_format", "BGR"))
         elif optimize:
             optimize_for_inference(model)
