@@ -160,3 +160,20 @@ def test_int8_errors(tiny_weights, tmp_path, monkeypatch):
         q._check_parts(["backbone", "neck"])
     with pytest.raises(ValueError, match="uint8"):
         q.quantize_onnx_int8("x.onnx", "y.onnx", [np.zeros((8, 8), np.uint8)])
+
+
+def test_train_net_eval_int8_uses_the_predictors_model(tiny_weights, int8_predictor, tmp_path, monkeypatch):
+    """--eval-only --precision int8: Detectron2's AP of the same calibrated file the Predictor made
+    (no re-calibration), and the AP of the fp32 model evaluated the same way, within 2 points."""
+    from yolact_d2.tools import train_net
+
+    def evaluate(precision):
+        args = train_net.parse_args(["--config-file", TINY, "--eval-only", "--precision", precision,
+                                     f"train.init_checkpoint={tiny_weights}", f"train.output_dir={tmp_path / precision}"])
+        return train_net.main(args)
+
+    fp32 = evaluate("fp32")
+    monkeypatch.setattr(q, "quantize_onnx_int8", lambda *a, **k: pytest.fail("train_net re-calibrated"))
+    int8 = evaluate("int8")
+    for task in ("bbox", "segm"):
+        assert abs(int8[task]["AP"] - fp32[task]["AP"]) <= 2.0, (task, int8[task], fp32[task])
