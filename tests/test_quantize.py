@@ -22,11 +22,13 @@ from yolact_d2.deploy import precision as prec
 from yolact_d2.deploy import quantize as q
 
 TINY = os.path.join(fx.REPO, "configs", "shapes", "yolact_shapes_tiny.py")
-# Measured here (seeded tiny model, 4 val + 4 train images, top 5 each): twins found 40/40, score
-# difference <= 0.0004, mask IoU mean 0.95, 38/40 >= 0.75 (seeded, untrained prototypes leave many
-# pixels near the 0.5 threshold: one small mask flipped to IoU 0). Stated bounds, with margin:
+# Measured here (seeded tiny model, every part int8, 4 val + 4 train images, top 5 each): twins
+# found 35/40 (the seeded model's scores are close together, so ranks swap), score difference
+# <= 0.003, mask IoU mean 0.956, 34/35 >= 0.75 (seeded, untrained prototypes leave many pixels
+# near the 0.5 threshold: one small mask flipped to IoU 0). Stated bounds, with margin for CPUs
+# whose int8 kernels differ (AVX2 without VNNI):
 TOP = 5
-MIN_TWIN_FRACTION = 0.8  # of the fp32 top detections found at int8 (same class, box IoU >= 0.8)
+MIN_TWIN_FRACTION = 0.7  # of the fp32 top detections found at int8 (same class, box IoU >= 0.8)
 SCORE_TOL = 0.01
 MEAN_MASK_IOU = 0.9
 GOOD_MASK_IOU, MIN_GOOD_FRACTION = 0.75, 0.85
