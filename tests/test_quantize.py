@@ -130,6 +130,9 @@ def test_cache_reused_and_rebuilt(tiny_weights, int8_predictor, tmp_path, monkey
     other_path = rebuilt.int8_path
     assert os.path.dirname(other_path) == str(tmp_path) and os.path.isfile(other_path)
     assert os.path.basename(other_path) != os.path.basename(path)
+    # a post-processing setting changed after the config (score_threshold=) is in the graph: rebuilt
+    stricter = Predictor(TINY, other, device="cpu", precision="int8", score_threshold=0.5)
+    assert stricter.int8_path != other_path and bool((stricter(image).scores > 0.5).all())
     # a calibration folder is another calibration: another hash
     folder = tmp_path / "calib"
     folder.mkdir()

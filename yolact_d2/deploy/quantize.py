@@ -325,5 +325,9 @@ def int8_model_path(
     if calibration is None and cfg is None:
         raise ValueError("precision='int8' with a bare model node: pass calibration=<folder of images>.")
     files = calibration_files(cfg, calibration, num_images)
-    settings = {"model": _config_fingerprint(model_cfg), "num_images": len(files)}
+    # The post-processor's settings are in the graph too, and the Predictor may change them after
+    # instantiating the config (score_threshold=): hash them as the model holds them.
+    post = getattr(model, "post_processor", None)
+    post = {k: v for k, v in vars(post).items() if isinstance(v, (bool, int, float, str))} if post is not None else {}
+    settings = {"model": _config_fingerprint(model_cfg), "post_processor": post, "num_images": len(files)}
     return build_int8_onnx(model, os.fspath(weights), files, settings, parts=parts)
