@@ -173,8 +173,8 @@ def test_train_net_eval_int8_uses_the_predictors_model(tiny_weights, int8_predic
     from yolact_d2.tools import train_net
 
     def evaluate(precision):
-        args = train_net.parse_args(["--config-file", TINY, "--eval-only", "--precision", precision,
-                                     f"train.init_checkpoint={tiny_weights}", f"train.output_dir={tmp_path / precision}"])
+        overrides = [f"train.init_checkpoint={tiny_weights}", f"train.output_dir={tmp_path / precision}"]
+        args = train_net.parse_args(["--config-file", TINY, "--eval-only", "--precision", precision] + overrides)
         return train_net.main(args)
 
     fp32 = evaluate("fp32")

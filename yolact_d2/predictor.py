@@ -359,7 +359,9 @@ class VideoPredictor(Predictor):
         """A VideoPredictor on `predictor`'s model (shared: no second build or weight load); the
         demo uses it when the config turns out to be a video model."""
         if getattr(predictor, "_int8", None) is not None:
-            raise PrecisionError("VideoPredictor: precision='int8' is not built for video models yet; use 'fp32' or 'bf16'.")
+            raise PrecisionError(
+                "VideoPredictor: precision='int8' is not built for video models yet; use 'fp32' or 'bf16'."
+            )
         vp = cls.__new__(cls)
         vp.__dict__.update(predictor.__dict__)
         vp._check_model(vp.model)

@@ -152,7 +152,8 @@ def quantize_onnx_int8(
         # CalibMaxIntermediateOutputs option is avoided: onnxruntime 1.32 drops those batches unmerged.)
         calibrate_method=CalibrationMethod.MinMax,
     )
-    logger.info("int8: %d of %d convs quantized (%s) -> %s", len(chosen), sum(map(len, by_part.values())), parts, out_path)
+    total = sum(map(len, by_part.values()))
+    logger.info("int8: %d of %d convs quantized (%s) -> %s", len(chosen), total, parts, out_path)
     return out_path
 
 
