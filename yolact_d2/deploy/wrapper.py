@@ -6,8 +6,9 @@ data-dependent shape), loops over images and returns Instances. Exporters need f
 and a batch dimension that can vary, so here every step keeps all priors and uses masks:
 
 * priors below the confidence threshold get score -1 instead of being dropped; the top_k
-  candidates (per class, or per image when class-agnostic) are taken with topk (invalid ones sort
-  last, so they never suppress a valid one) and removed again after the Fast NMS test;
+  candidates (per class, or per image when class-agnostic) are taken sorted, equal scores by lower
+  index as the eager Fast NMS (`_top_sorted`: ONNX TopK's own tie rule; invalid ones sort last,
+  so they never suppress a valid one) and removed again after the Fast NMS test;
 * standard NMS (greedy, per class) is `torchvision.ops.nms`'s ONNX form, NonMaxSuppression, on
   every (class, prior) pair above the confidence threshold (the `yolact_d2_export::class_nms` op);
 * the merge over classes takes the best `max_detections` (class, candidate) pairs of each image;
@@ -30,7 +31,7 @@ from torchvision.ops import batched_nms
 
 # One post-processing: the pure-PyTorch Fast NMS test and crop of layers.ops and the decode /
 # sanitize of modeling.inference, batched here over padded candidates.
-from yolact_d2.layers.ops import _suppressed_by_earlier, box_iou_matrix, crop_masks_pytorch
+from yolact_d2.layers.ops import _suppressed_by_earlier, _top_sorted, box_iou_matrix, crop_masks_pytorch
 from yolact_d2.modeling.inference import _sanitize, decode_boxes
 
 __all__ = ["YolactExportWrapper", "OUTPUT_NAMES", "RESCORED_OUTPUT_NAMES", "output_names"]
@@ -122,7 +123,7 @@ class YolactExportWrapper(nn.Module):
     def _merge(self, scores: torch.Tensor, per_row: int):
         """(B, R*per_row) candidate scores (-1 = none) -> best D: scores, flat index, row, column."""
         d = min(self.max_detections, scores.shape[1])
-        det_scores, pick = scores.topk(d, dim=1)  # (B, D)
+        det_scores, pick = _top_sorted(scores, d, dim=1)  # (B, D); equal scores: lower index first
         return det_scores, pick, torch.div(pick, per_row, rounding_mode="floor"), pick % per_row
 
     def _suppress(self, cand: torch.Tensor, top_scores: torch.Tensor) -> torch.Tensor:
@@ -138,7 +139,7 @@ class YolactExportWrapper(nn.Module):
         num_priors, num_classes = fg.shape[1], fg.shape[2]
         scores = torch.where(valid.unsqueeze(2), fg, torch.full_like(fg, -1.0)).transpose(1, 2)  # (B, C, P)
         k = min(self.top_k, num_priors)
-        top_scores, top_idx = scores.topk(k, dim=2)  # (B, C, K), descending
+        top_scores, top_idx = _top_sorted(scores, k, dim=2)  # (B, C, K), descending
         cand = torch.gather(
             boxes.unsqueeze(1).expand(-1, num_classes, -1, -1), 2, top_idx.unsqueeze(3).expand(-1, -1, -1, 4)
         )  # (B, C, K, 4)
@@ -151,7 +152,7 @@ class YolactExportWrapper(nn.Module):
         """Official cross-class Fast NMS: each prior competes once, with its best class."""
         best, best_class = fg.max(dim=2)  # (B, P): first max wins on ties, as fast_nms
         scores = torch.where(valid, best, torch.full_like(best, -1.0))
-        top_scores, top_idx = scores.topk(min(self.top_k, scores.shape[1]), dim=1)  # (B, K)
+        top_scores, top_idx = _top_sorted(scores, min(self.top_k, scores.shape[1]), dim=1)  # (B, K)
         cand = torch.gather(boxes, 1, top_idx.unsqueeze(2).expand(-1, -1, 4))  # (B, K, 4)
         keep = self._suppress(cand, top_scores)
         flat = torch.where(keep, top_scores, torch.full_like(top_scores, -1.0))

@@ -41,25 +41,46 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def compare(exported, reference) -> dict:
-    """Same detections? classes equal, max score difference, min mask IoU."""
-    n = min(len(exported), len(reference))
-    same_classes = len(exported) == len(reference) and torch.equal(exported.pred_classes, reference.pred_classes)
-    score_diff = float((exported.scores[:n] - reference.scores[:n]).abs().max()) if n else 0.0
-    inter = (exported.pred_masks[:n] & reference.pred_masks[:n]).flatten(1).sum(1).float()
-    union = (exported.pred_masks[:n] | reference.pred_masks[:n]).flatten(1).sum(1).float()
+def _match(exported, reference, score_tol: float = 1e-4):
+    """Pairs (i, j) of exported / reference rows: row i takes the unused reference row of its class
+    whose score is within score_tol and whose mask overlaps it most. Row-by-row comparison would
+    fail on near-equal scores, which runtimes order differently (TopK vs the eager stable sort)."""
+    a, b = exported.pred_masks.flatten(1).float(), reference.pred_masks.flatten(1).float()
+    inter = a @ b.t()
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    ok = (exported.pred_classes[:, None] == reference.pred_classes[None, :]) & (
+        (exported.scores[:, None] - reference.scores[None, :]).abs() <= score_tol
+    )
+    pairs, used = [], set()
+    for i in range(len(exported)):
+        cands = [j for j in ok[i].nonzero().flatten().tolist() if j not in used]
+        if cands:
+            j = max(cands, key=lambda j: (float(iou[i, j]), -abs(i - j)))
+            used.add(j)
+            pairs.append((i, j, float(iou[i, j])))
+    return pairs
+
+
+def compare(exported, reference) -> dict:
+    """Same detections? classes equal, max score difference, min mask IoU over matched rows."""
+    n = min(len(exported), len(reference))
+    pairs = _match(exported, reference)
+    same_classes = len(exported) == len(reference) == len(pairs)
+    ei = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+    ri = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+    score_diff = float((exported.scores[ei] - reference.scores[ri]).abs().max()) if pairs else 0.0
     mask_score_diff = 0.0
-    if n and reference.has("mask_scores"):  # YOLACT++: the re-scored mask confidences too
+    if pairs and reference.has("mask_scores"):  # YOLACT++: the re-scored mask confidences too
         if not exported.has("mask_scores"):
             mask_score_diff = float("inf")
         else:
-            mask_score_diff = float((exported.mask_scores[:n] - reference.mask_scores[:n]).abs().max())
+            mask_score_diff = float((exported.mask_scores[ei] - reference.mask_scores[ri]).abs().max())
     return {
         "detections": [len(exported), len(reference)],
         "classes_equal": bool(same_classes),
         "max_score_diff": max(score_diff, mask_score_diff),
-        "min_mask_iou": float(iou.min()) if n else 1.0,
+        "min_mask_iou": min(p[2] for p in pairs) if pairs else (1.0 if n == 0 else 0.0),
     }
 
 
