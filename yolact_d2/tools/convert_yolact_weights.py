@@ -39,13 +39,13 @@ def main(argv=None) -> int:
 
     from yolact_d2.checkpoint import (
         ConversionError,
-        is_torchvision_resnet,
-        torchvision_resnet_to_official,
         convert_official_state_dict,
         default_config_for,
         detect_variant,
+        is_torchvision_resnet,
         load_official_checkpoint,
     )
+    from yolact_d2.checkpoint.imagenet import convert_imagenet_backbone
     from yolact_d2.model_zoo import ConfigNotFoundError, resolve_config_file
     from yolact_d2.modeling import set_num_classes
 
@@ -59,7 +59,6 @@ def main(argv=None) -> int:
                     "this is an ImageNet ResNet (torchvision layout): pass --config of the model it "
                     "initialises (e.g. configs/yolact/yolact_R_101_FPN_550.py)."
                 )
-            official = torchvision_resnet_to_official(official)
             info = {"plus": False, "backbone": "ImageNet resnet (backbone only)", "num_anchors": "-", "num_classes": "-"}
         else:
             info = detect_variant(official)
@@ -73,10 +72,10 @@ def main(argv=None) -> int:
             set_num_classes(cfg.model, info["num_classes"])
         model = instantiate(cfg.model)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        if backbone_only:  # strict within the bottom-up network; the rest trains from scratch
-            expected = {k: v for k, v in expected.items() if k.startswith("backbone.bottom_up.")}
-        converted, summary = convert_official_state_dict(official, expected)
-        if not backbone_only:
+        if backbone_only:  # the ImageNet tool's conversion: strict within the bottom-up network
+            converted, summary, _ = convert_imagenet_backbone(official, expected)
+        else:
+            converted, summary = convert_official_state_dict(official, expected)
             model.load_state_dict(converted, strict=True)  # belt and braces: exactly our keys
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
