@@ -7,7 +7,7 @@ and a batch dimension that can vary, so here every step keeps all priors and use
 
 * priors below the confidence threshold get score -1 instead of being dropped; the top_k
   candidates (per class, or per image when class-agnostic) are taken sorted, equal scores by lower
-  index as the eager Fast NMS (`_top_sorted`: ONNX TopK's own tie rule; invalid ones sort last,
+  index as the eager Fast NMS (`top_sorted`: ONNX TopK's own tie rule; invalid ones sort last,
   so they never suppress a valid one) and removed again after the Fast NMS test;
 * standard NMS (greedy, per class) is `torchvision.ops.nms`'s ONNX form, NonMaxSuppression, on
   every (class, prior) pair above the confidence threshold (the `yolact_d2_export::class_nms` op);
@@ -31,8 +31,8 @@ from torchvision.ops import batched_nms
 
 # One post-processing: the pure-PyTorch Fast NMS test and crop of layers.ops and the decode /
 # sanitize of modeling.inference, batched here over padded candidates.
-from yolact_d2.layers.ops import _suppressed_by_earlier, _top_sorted, box_iou_matrix, crop_masks_pytorch
-from yolact_d2.modeling.inference import _sanitize, decode_boxes
+from yolact_d2.layers.ops import suppressed_by_earlier, top_sorted, box_iou_matrix, crop_masks_pytorch
+from yolact_d2.modeling.inference import sanitize_coordinates, decode_boxes
 
 __all__ = ["YolactExportWrapper", "OUTPUT_NAMES", "RESCORED_OUTPUT_NAMES", "output_names"]
 
@@ -123,13 +123,13 @@ class YolactExportWrapper(nn.Module):
     def _merge(self, scores: torch.Tensor, per_row: int):
         """(B, R*per_row) candidate scores (-1 = none) -> best D: scores, flat index, row, column."""
         d = min(self.max_detections, scores.shape[1])
-        det_scores, pick = _top_sorted(scores, d, dim=1)  # (B, D); equal scores: lower index first
+        det_scores, pick = top_sorted(scores, d, dim=1)  # (B, D); equal scores: lower index first
         return det_scores, pick, torch.div(pick, per_row, rounding_mode="floor"), pick % per_row
 
     def _suppress(self, cand: torch.Tensor, top_scores: torch.Tensor) -> torch.Tensor:
         """Fast NMS test on score-sorted candidates (..., K, 4) -> keep (..., K), the same test as
         fast_nms_pytorch; invalid (-1) candidates and those under score_thresh are dropped."""
-        keep = _suppressed_by_earlier(box_iou_matrix(cand, cand), self.nms_iou) & (top_scores > -0.5)
+        keep = suppressed_by_earlier(box_iou_matrix(cand, cand), self.nms_iou) & (top_scores > -0.5)
         if self.score_thresh > 0:
             keep = keep & (top_scores > self.score_thresh)
         return keep
@@ -139,7 +139,7 @@ class YolactExportWrapper(nn.Module):
         num_priors, num_classes = fg.shape[1], fg.shape[2]
         scores = torch.where(valid.unsqueeze(2), fg, torch.full_like(fg, -1.0)).transpose(1, 2)  # (B, C, P)
         k = min(self.top_k, num_priors)
-        top_scores, top_idx = _top_sorted(scores, k, dim=2)  # (B, C, K), descending
+        top_scores, top_idx = top_sorted(scores, k, dim=2)  # (B, C, K), descending
         cand = torch.gather(
             boxes.unsqueeze(1).expand(-1, num_classes, -1, -1), 2, top_idx.unsqueeze(3).expand(-1, -1, -1, 4)
         )  # (B, C, K, 4)
@@ -152,7 +152,7 @@ class YolactExportWrapper(nn.Module):
         """Official cross-class Fast NMS: each prior competes once, with its best class."""
         best, best_class = fg.max(dim=2)  # (B, P): first max wins on ties, as fast_nms
         scores = torch.where(valid, best, torch.full_like(best, -1.0))
-        top_scores, top_idx = _top_sorted(scores, min(self.top_k, scores.shape[1]), dim=1)  # (B, K)
+        top_scores, top_idx = top_sorted(scores, min(self.top_k, scores.shape[1]), dim=1)  # (B, K)
         cand = torch.gather(boxes, 1, top_idx.unsqueeze(2).expand(-1, -1, 4))  # (B, K, 4)
         keep = self._suppress(cand, top_scores)
         flat = torch.where(keep, top_scores, torch.full_like(top_scores, -1.0))
@@ -185,8 +185,8 @@ class YolactExportWrapper(nn.Module):
         # net_size * image / resized, in the same float64 order as the post-processor.
         sx = w if self.squash else self.net_size[1] * int(width) / resized[1]
         sy = h if self.squash else self.net_size[0] * int(height) / resized[0]
-        x1, x2 = _sanitize(det_boxes[..., 0], det_boxes[..., 2], sx, w)
-        y1, y2 = _sanitize(det_boxes[..., 1], det_boxes[..., 3], sy, h)
+        x1, x2 = sanitize_coordinates(det_boxes[..., 0], det_boxes[..., 2], sx, w)
+        y1, y2 = sanitize_coordinates(det_boxes[..., 1], det_boxes[..., 3], sy, h)
         pixel_boxes = torch.stack([x1, y1, x2, y2], dim=2)
         return pixel_boxes.floor() if self.integer_boxes else pixel_boxes
 

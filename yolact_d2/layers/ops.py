@@ -35,6 +35,8 @@ __all__ = [
     "fast_nms_pytorch",
     "crop_masks_pytorch",
     "box_iou_matrix",
+    "top_sorted",
+    "suppressed_by_earlier",
 ]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -213,7 +215,7 @@ def box_iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, inter / torch.where(positive, union, torch.ones_like(union)), torch.zeros_like(inter))
 
 
-def _top_sorted(x: torch.Tensor, k: int, dim: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+def top_sorted(x: torch.Tensor, k: int, dim: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
     """The k largest along dim, sorted descending, equal values by lower index first."""
     if torch.onnx.is_in_onnx_export():
         # ONNX has no stable sort; its TopK orders equal values by lower index (the same rule)
@@ -222,7 +224,7 @@ def _top_sorted(x: torch.Tensor, k: int, dim: int = -1) -> Tuple[torch.Tensor, t
     return values.narrow(dim, 0, k), indices.narrow(dim, 0, k)
 
 
-def _suppressed_by_earlier(iou: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def suppressed_by_earlier(iou: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """(..., K, K) IoU of score-sorted boxes -> (..., K) bool keep: no earlier box has IoU > thr."""
     iou = torch.triu(iou, diagonal=1)  # only pairs (i < j): i scores higher than j
     if iou.shape[-1] == 0:
@@ -247,22 +249,22 @@ def fast_nms_pytorch(
             return _empty_nms(scores)
         best, best_class = scores.max(dim=0)  # (N,), (N,): first max wins on ties
         k = min(top_k, n)
-        order = _top_sorted(best, k)[1]  # (K,)
-        keep = _suppressed_by_earlier(box_iou_matrix(boxes[order], boxes[order]), iou_threshold)
+        order = top_sorted(best, k)[1]  # (K,)
+        keep = suppressed_by_earlier(box_iou_matrix(boxes[order], boxes[order]), iou_threshold)
         order = order[keep][:max_detections]  # already sorted by score
         return order, best_class[order], best[order]
 
     k = min(top_k, n)
     if num_classes == 0 or k == 0:
         return _empty_nms(scores)
-    sorted_scores, order = _top_sorted(scores, k, dim=1)  # (C, K)
+    sorted_scores, order = top_sorted(scores, k, dim=1)  # (C, K)
     cand = boxes[order.reshape(-1)].reshape(num_classes, k, 4)  # (C, K, 4)
-    keep = _suppressed_by_earlier(box_iou_matrix(cand, cand), iou_threshold)  # (C, K)
+    keep = suppressed_by_earlier(box_iou_matrix(cand, cand), iou_threshold)  # (C, K)
     classes = torch.arange(num_classes, device=device).unsqueeze(1).expand(num_classes, k)
     kept_scores = sorted_scores[keep]  # class-major, rank-minor order
     kept_idx = order[keep]
     kept_classes = classes[keep]
-    final = _top_sorted(kept_scores, min(max_detections, kept_scores.shape[0]))[1]
+    final = top_sorted(kept_scores, min(max_detections, kept_scores.shape[0]))[1]
     return kept_idx[final], kept_classes[final], kept_scores[final]
 
 

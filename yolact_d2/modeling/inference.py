@@ -30,7 +30,7 @@ def decode_boxes(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
     return torch.cat([top_left, size + top_left], dim=-1)
 
 
-def _sanitize(c1: torch.Tensor, c2: torch.Tensor, scale: float, limit: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def sanitize_coordinates(c1: torch.Tensor, c2: torch.Tensor, scale: float, limit: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Official sanitize_coordinates (no padding, no cast): relative -> pixels, ordered, clamped."""
     c1, c2 = c1 * scale, c2 * scale
     lo, hi = torch.minimum(c1, c2), torch.maximum(c1, c2)
@@ -169,8 +169,8 @@ class YolactPostProcessor:
         # Squash mode: relative coordinates times the original size, exactly as official.
         sx = float(width) if squashed else input_size[1] * width / valid_size[1]
         sy = float(height) if squashed else input_size[0] * height / valid_size[0]
-        x1, x2 = _sanitize(boxes[:, 0], boxes[:, 2], sx, width)
-        y1, y2 = _sanitize(boxes[:, 1], boxes[:, 3], sy, height)
+        x1, x2 = sanitize_coordinates(boxes[:, 0], boxes[:, 2], sx, width)
+        y1, y2 = sanitize_coordinates(boxes[:, 1], boxes[:, 3], sy, height)
         pixel_boxes = torch.stack([x1, y1, x2, y2], dim=1)
         if self.integer_boxes:
             pixel_boxes = pixel_boxes.floor()  # == official .long(): coordinates are >= 0 here
