@@ -58,23 +58,38 @@ class YolactEdge(Yolact):
         fpn = self.backbone
         merged, laterals = fpn.forward_phase1(fpn.bottom_up(images))
         feats = fpn.forward_phase2(merged)
-        input_size = tuple(images.shape[-2:])
-        state = KeyframeState(
+        return feats, self.keyframe_state(merged, laterals, tuple(images.shape[-2:]), image_size)
+
+    def keyframe_state(self, merged, laterals, input_size, image_size=None) -> KeyframeState:
+        """What later frames warp from: phase-1 P3-P5, the C3 lateral and its flow-net reduction."""
+        return KeyframeState(
             features=merged,
             lateral=laterals[0],
-            input_size=input_size,
-            image_size=tuple(image_size) if image_size is not None else input_size,
+            input_size=tuple(input_size),
+            image_size=tuple(image_size) if image_size is not None else tuple(input_size),
             flow_feature=self.flow_net.reduce(laterals[0]) if self.flow_net is not None else None,
         )
-        return feats, state
 
     def warped_features(self, images: torch.Tensor, state: KeyframeState) -> Dict[str, torch.Tensor]:
         """Partial backbone (to C3) + flow + warp of the keyframe's P4/P5 + P3 rebuilt + SPA + phase 2."""
         self._check_can_warp(images, state)
+        lateral, flows = self.predict_flow(self.partial_c3(images), state)
+        return self.backbone.forward_phase2(self.transfer_features(lateral, flows, state))
+
+    # The non-keyframe stages, one method each (tools/benchmark_edge.py times them separately).
+    def partial_c3(self, images: torch.Tensor) -> torch.Tensor:
+        """The bottom-up backbone run only up to C3 (shared weights)."""
         fpn = self.backbone
-        c3 = partial_backbone_forward(fpn.bottom_up, images, fpn.in_features[0])[fpn.in_features[0]]
-        lateral = fpn.lateral_convs[0](c3)
-        coarse, mid = self.flow_net(self.flow_net.reduce(lateral), state.flow_feature)  # 1/4 (P5), 1/2 (P4)
+        return partial_backbone_forward(fpn.bottom_up, images, fpn.in_features[0])[fpn.in_features[0]]
+
+    def predict_flow(self, c3: torch.Tensor, state: KeyframeState):
+        """C3 -> (its lateral, FlowNetMini's (coarse, mid) predictions against the keyframe)."""
+        lateral = self.backbone.lateral_convs[0](c3)
+        return lateral, self.flow_net(self.flow_net.reduce(lateral), state.flow_feature)  # 1/4 (P5), 1/2 (P4)
+
+    def transfer_features(self, lateral: torch.Tensor, flows, state: KeyframeState) -> List[torch.Tensor]:
+        """Warp the keyframe's P4/P5 (x scale + bias), rebuild P3, SPA: the phase-1 maps, finest first."""
+        coarse, mid = flows
         warped = []
         for (flow, scale, bias), feat in zip((mid, coarse), state.features[1:]):
             if flow.shape[-2:] != feat.shape[-2:]:
@@ -86,7 +101,7 @@ class YolactEdge(Yolact):
         p3 = F.interpolate(warped[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False) + lateral
         if self.spa is not None:
             warped = self.spa(lateral, warped)
-        return fpn.forward_phase2([p3] + list(warped))
+        return [p3] + list(warped)
 
     def _check_can_warp(self, images: torch.Tensor, state: Optional[KeyframeState]) -> None:
         if not self.is_video_model:

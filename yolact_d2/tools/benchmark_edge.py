@@ -28,7 +28,6 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 KEYFRAME_STAGES = ("preprocess", "backbone", "fpn_phase1", "rest")
 WARPED_STAGES = ("preprocess", "partial_backbone", "flow", "warp", "rest")
@@ -36,7 +35,7 @@ CAMERA_SHIFT = (4, 6)  # (dy, dx) pixels between the keyframe and the non-keyfra
 
 
 class EdgeStages:
-    """Runs a YolactEdge video model stage by stage (restating its two kinds of frame) to time each."""
+    """Runs a YolactEdge video model stage by stage (its own stage methods) to time each."""
 
     def __init__(self, model, key_inputs: List[Dict], warped_inputs: List[Dict]):
         self.model = model
@@ -51,16 +50,11 @@ class EdgeStages:
         self.cache["key_bottom_up"] = self.model.backbone.bottom_up(self.cache["key_images"].tensor)
 
     def key_fpn_phase1(self):
-        from yolact_d2.modeling.feature_transfer import KeyframeState
-
         m, images = self.model, self.cache["key_images"]
         merged, laterals = m.backbone.forward_phase1(self.cache["key_bottom_up"])
         d = self.inputs["key"][0]
         self.cache["key_merged"] = merged
-        self.cache["state"] = KeyframeState(
-            features=merged, lateral=laterals[0], input_size=tuple(images.tensor.shape[-2:]),
-            image_size=(d["height"], d["width"]), flow_feature=m.flow_net.reduce(laterals[0]),
-        )
+        self.cache["state"] = m.keyframe_state(merged, laterals, images.tensor.shape[-2:], (d["height"], d["width"]))
 
     def key_rest(self):
         feats = self.model.backbone.forward_phase2(self.cache["key_merged"])
@@ -71,29 +65,13 @@ class EdgeStages:
         self.cache["images"] = self.model.preprocess_image(self.inputs["warped"], resize=True)
 
     def warped_partial_backbone(self):
-        from yolact_d2.modeling.feature_transfer import partial_backbone_forward
-
-        fpn = self.model.backbone
-        c3_name = fpn.in_features[0]
-        self.cache["c3"] = partial_backbone_forward(fpn.bottom_up, self.cache["images"].tensor, c3_name)[c3_name]
+        self.cache["c3"] = self.model.partial_c3(self.cache["images"].tensor)
 
     def warped_flow(self):
-        m = self.model
-        lateral = m.backbone.lateral_convs[0](self.cache["c3"])
-        self.cache["lateral"] = lateral
-        self.cache["flows"] = m.flow_net(m.flow_net.reduce(lateral), self.cache["state"].flow_feature)
+        self.cache["lateral"], self.cache["flows"] = self.model.predict_flow(self.cache["c3"], self.cache["state"])
 
     def warped_warp(self):
-        from yolact_d2.modeling.feature_transfer import warp_features
-
-        m, state, lateral = self.model, self.cache["state"], self.cache["lateral"]
-        coarse, mid = self.cache["flows"]  # 1/4 scale (P5), 1/2 scale (P4)
-        warped = [warp_features(feat, flow) * scale + bias
-                  for (flow, scale, bias), feat in zip((mid, coarse), state.features[1:])]
-        p3 = F.interpolate(warped[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False) + lateral
-        if m.spa is not None:
-            warped = m.spa(lateral, warped)
-        self.cache["merged"] = [p3] + list(warped)
+        self.cache["merged"] = self.model.transfer_features(self.cache["lateral"], self.cache["flows"], self.cache["state"])
 
     def warped_rest(self):
         feats = self.model.backbone.forward_phase2(self.cache["merged"])
