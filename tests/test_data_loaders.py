@@ -73,3 +73,28 @@ def test_config_train_loader_skips_rejected_images_on_stock_detectron2(dataset, 
         for x in batch:
             assert x["image_id"] == good["image_id"] and x["image"].shape == (3, 64, 64)
             assert len(x["instances"]) > 0
+
+
+def test_yacs_train_loader_skips_rejected_images_on_stock_detectron2(dataset, monkeypatch):
+    """The yacs trainer's loader (engine.yacs_trainer) goes through the same loader."""
+    from detectron2.config import get_cfg
+
+    from yolact_d2 import add_yolact_config
+    from yolact_d2.engine.yacs_trainer import build_yolact_train_loader as build_yacs_train_loader
+
+    name, good = dataset
+    monkeypatch.setattr(MapDataset, "__getitem__", _upstream_getitem())
+    cfg = get_cfg()
+    add_yolact_config(cfg)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.MODEL.YOLACT.INPUT_SIZE = 64
+    cfg.MODEL.YOLACT.NUM_CLASSES = 4
+    cfg.SOLVER.IMS_PER_BATCH = 4
+    cfg.DATALOADER.NUM_WORKERS = 0
+    it = iter(build_yacs_train_loader(cfg))
+    for _ in range(2):
+        batch = next(it)
+        assert len(batch) == 4
+        for x in batch:
+            assert x["image_id"] == good["image_id"] and x["image"].shape == (3, 64, 64)
+            assert len(x["instances"]) > 0

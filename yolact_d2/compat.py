@@ -24,3 +24,19 @@ def create_local_process_group(num_per_machine: int, machine_rank: int, world_si
         group = dist.new_group(list(range(i * num_per_machine, (i + 1) * num_per_machine)))
         if i == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
+
+
+def train_loader_kwargs_from_yacs(cfg, mapper) -> dict:
+    """The keyword arguments `build_detection_train_loader(cfg, mapper=...)` derives from a yacs
+    config (dataset dicts, sampler, batch size, workers): Detectron2's own from_config, present
+    under this name in v0.6 and main, so yacs users' DATASETS / DATALOADER / SOLVER keys keep
+    their meaning when we hand the data to another loader builder."""
+    from detectron2.data import build as d2_build
+
+    from_config = getattr(d2_build, "_train_loader_from_config", None)
+    if from_config is None:
+        raise ImportError(
+            "this Detectron2 has no detectron2.data.build._train_loader_from_config; yolact_d2's yacs "
+            "train loader needs it (present in v0.6 and main). Please report your Detectron2 version."
+        )
+    return from_config(cfg, mapper=mapper)

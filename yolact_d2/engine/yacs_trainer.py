@@ -8,10 +8,12 @@ augmentation at MODEL.YOLACT.INPUT_SIZE (crowd boxes kept for matching), and Yol
 """
 import os
 
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer
 
+from yolact_d2.compat import train_loader_kwargs_from_yacs
 from yolact_d2.data import YolactDatasetMapper, build_ssd_augmentation
+from yolact_d2.data.loaders import build_yolact_train_loader as build_stream_train_loader
 from yolact_d2.evaluation import YolactCOCOEvaluator
 
 __all__ = ["YolactDefaultTrainer", "build_yolact_train_loader"]
@@ -20,7 +22,9 @@ __all__ = ["YolactDefaultTrainer", "build_yolact_train_loader"]
 def build_yolact_train_loader(cfg):
     """Detectron2's train loader (DATASETS.TRAIN, SOLVER.IMS_PER_BATCH, DATALOADER.*) with the
     official YOLACT mapper: SSD augmentation to MODEL.YOLACT.INPUT_SIZE (aspect kept in
-    "shortest_edge" mode), INPUT.MASK_FORMAT masks, crowd boxes."""
+    "shortest_edge" mode), INPUT.MASK_FORMAT masks, crowd boxes. Built by the LazyConfig path's
+    loader, which skips images the mapper rejects without Detectron2's MapDataset retry (broken on
+    Python >= 3.11 with stock Detectron2)."""
     y = cfg.MODEL.YOLACT
     mapper = YolactDatasetMapper(
         is_train=True,
@@ -31,7 +35,7 @@ def build_yolact_train_loader(cfg):
         mask_format=cfg.INPUT.MASK_FORMAT,
         num_classes=y.NUM_CLASSES,
     )
-    return build_detection_train_loader(cfg, mapper=mapper)
+    return build_stream_train_loader(**train_loader_kwargs_from_yacs(cfg, mapper))
 
 
 class YolactDefaultTrainer(DefaultTrainer):
