@@ -42,6 +42,13 @@ __all__ = [
     "prepare_shapes",
     "shapes_default_root",
     "datasets_root",
+    # drawing and writing helpers, shared with the moving-shapes video set (moving_shapes.py)
+    "shape_polygon",
+    "rasterize_polygon",
+    "rle_json",
+    "random_colour",
+    "shape_categories",
+    "fresh_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,7 +79,7 @@ def shapes_default_root():
 
 
 # ----------------------------------------------------------------------------- geometry
-def _shape_polygon(kind, cx, cy, radius, angle, aspect):
+def shape_polygon(kind, cx, cy, radius, angle, aspect):
     """Vertices (K, 2) float of a shape centred at (cx, cy) whose extent is about 2*radius."""
     if kind == "circle":
         t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
@@ -101,19 +108,19 @@ def _shape_polygon(kind, cx, cy, radius, angle, aspect):
     return pts + np.array([cx, cy])
 
 
-def _rasterize(poly_flat, h, w):
+def rasterize_polygon(poly_flat, h, w):
     """(h, w) uint8 mask of one polygon, rasterised by pycocotools like the COCO loader does."""
     rle = mask_util.frPyObjects([poly_flat], h, w)
     return mask_util.decode(mask_util.merge(rle))
 
 
-def _rle_json(mask):
+def rle_json(mask):
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
 
 
-def _random_colour(rng):
+def random_colour(rng):
     """A saturated, bright BGR colour (objects), well apart from the dark background."""
     hsv = np.array([[[rng.integers(0, 180), rng.integers(150, 256), rng.integers(150, 256)]]], np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.int32)
@@ -136,11 +143,11 @@ def _make_image(rng, size, kinds, min_objects, max_objects, min_size, max_size, 
         for _ in range(int(rng.integers(4, 8))):
             r = rng.uniform(0.02, 0.035) * size
             px, py = ccx + rng.normal(0, 0.06 * size), ccy + rng.normal(0, 0.06 * size)
-            poly = _shape_polygon(kinds[kind_idx], px, py, r, rng.uniform(0, 2 * np.pi), 1.0)
-            union |= _rasterize(poly.ravel().tolist(), h, w)
+            poly = shape_polygon(kinds[kind_idx], px, py, r, rng.uniform(0, 2 * np.pi), 1.0)
+            union |= rasterize_polygon(poly.ravel().tolist(), h, w)
         if union.any():
             objects.append(dict(kind_idx=kind_idx, poly=None, mask=union,
-                                colour=_random_colour(rng), crowd=True))
+                                colour=random_colour(rng), crowd=True))
 
     num_objects = int(rng.integers(min_objects, max_objects + 1))
     for _ in range(num_objects):
@@ -149,9 +156,9 @@ def _make_image(rng, size, kinds, min_objects, max_objects, min_size, max_size, 
             radius = rng.uniform(min_size, max_size) * size / 2
             cx, cy = rng.uniform(radius * 0.6, size - radius * 0.6, size=2)
             aspect = rng.uniform(0.5, 0.8) if kinds[kind_idx] == "ellipse" else rng.uniform(0.6, 1.0)
-            poly = _shape_polygon(kinds[kind_idx], cx, cy, radius, rng.uniform(0, 2 * np.pi), aspect)
+            poly = shape_polygon(kinds[kind_idx], cx, cy, radius, rng.uniform(0, 2 * np.pi), aspect)
             poly_flat = [round(float(v), 2) for v in poly.ravel()]
-            mask = _rasterize(poly_flat, h, w)
+            mask = rasterize_polygon(poly_flat, h, w)
             if mask.sum() < 16:
                 continue
             # Reject placements that would hide too much of an earlier shape.
@@ -163,7 +170,7 @@ def _make_image(rng, size, kinds, min_objects, max_objects, min_size, max_size, 
                     break
             if ok:
                 objects.append(dict(kind_idx=kind_idx, poly=poly_flat, mask=mask,
-                                    colour=_random_colour(rng), crowd=False))
+                                    colour=random_colour(rng), crowd=False))
                 break
 
     annotations = []
@@ -174,7 +181,7 @@ def _make_image(rng, size, kinds, min_objects, max_objects, min_size, max_size, 
         if visible.sum() == 0:
             continue
         if obj["crowd"] or occluded or rng.random() < rle_fraction:
-            segmentation = _rle_json(visible)
+            segmentation = rle_json(visible)
         else:
             segmentation = [obj["poly"]]
         bbox = mask_util.toBbox(mask_util.encode(np.asfortranarray(visible))).tolist()
@@ -221,7 +228,7 @@ def _params(num_train, num_val, image_size, seed, kinds, min_objects, max_object
     )
 
 
-def _categories(kinds):
+def shape_categories(kinds):
     """COCO categories of the shape kinds: ids 1..len(kinds) in order."""
     return [dict(id=k + 1, name=name, supercategory="shape") for k, name in enumerate(kinds)]
 
@@ -262,13 +269,13 @@ def _write_split(out_dir, split, split_idx, count, p):
         info=dict(description=f"yolact_d2 synthetic shapes ({split})", version=str(_GENERATOR_VERSION)),
         images=images,
         annotations=annotations,
-        categories=_categories(kinds),
+        categories=shape_categories(kinds),
     )
     with open(os.path.join(out_dir, "annotations", f"instances_{split}.json"), "w") as f:
         json.dump(coco, f)
 
 
-def _fresh_dir(parent, prefix):
+def fresh_dir(parent, prefix):
     """A new, uniquely named folder with ordinary permissions (0777 minus umask, as os.makedirs).
 
     Why not tempfile.mkdtemp: it creates 0700, and the folder is renamed into place as the
@@ -313,7 +320,7 @@ def generate_shapes_dataset(root, num_train=1000, num_val=100, image_size=128, s
 
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
-    tmp = _fresh_dir(parent, f".{os.path.basename(root)}.tmp-")
+    tmp = fresh_dir(parent, f".{os.path.basename(root)}.tmp-")
     try:
         os.makedirs(os.path.join(tmp, "annotations"))
         for split_idx, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val))):
@@ -326,7 +333,7 @@ def generate_shapes_dataset(root, num_train=1000, num_val=100, image_size=128, s
             if _read_params(root) == p:  # another process finished the same job meanwhile
                 shutil.rmtree(tmp, ignore_errors=True)
                 return result
-            old = _fresh_dir(parent, f".{os.path.basename(root)}.old-")
+            old = fresh_dir(parent, f".{os.path.basename(root)}.old-")
             os.rename(root, os.path.join(old, "data"))
         try:
             os.rename(tmp, root)
@@ -367,7 +374,7 @@ def prepare_shapes(root=None, prefix="shapes", **generate_kwargs):
     bound = inspect.signature(generate_shapes_dataset).bind(root, **generate_kwargs)
     bound.apply_defaults()
     params = _params(**{k: v for k, v in bound.arguments.items() if k != "root"})  # checks them
-    categories = category_metadata(_categories(params["kinds"]), root)
+    categories = category_metadata(shape_categories(params["kinds"]), root)
     names = []
     for split in _SPLITS:
         name = f"{prefix}_{split}"
