@@ -14,7 +14,7 @@ fails on this graph (Reduce* axes) and leaves it at 18.
 """
 import logging
 import os
-from typing import List, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from detectron2.structures import Boxes, Instances
 
 from yolact_d2.deploy.wrapper import YolactExportWrapper, class_nms, output_names
 
-__all__ = ["export_onnx", "OnnxPredictor", "outputs_to_instances"]
+__all__ = ["export_onnx", "export_wrapper", "OnnxPredictor", "outputs_to_instances"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,32 @@ def _class_nms_onnx_table():
     return {class_nms._opoverload: translate}
 
 
+def export_settings(model: nn.Module, opset: int, sample_size: Tuple[int, int], dynamic_size: bool):
+    """(opset, dynamic_size) the model can be exported with; an opset that is too old is an error."""
+    if opset < 17:
+        raise ValueError(f"export_onnx: opset must be >= 17, got {opset}.")
+    if getattr(model, "mask_rescoring", None) is not None and opset < 19:
+        logger.info("export_onnx: YOLACT++ deformable convs need ONNX DeformConv (opset 19); using 19.")
+        opset = 19
+    if model.resize_mode != "squash" and dynamic_size:
+        logger.warning(
+            "export_onnx: resize_mode=%r computes its resized size when the graph is recorded: the "
+            "graph takes %s images only (export with sample_size = your image size).",
+            model.resize_mode, tuple(sample_size),
+        )
+        dynamic_size = False
+    return opset, dynamic_size
+
+
+def image_dims(dynamic_batch: bool, dynamic_size: bool) -> Dict[int, object]:
+    """torch.export dims of the "images" input (B, 3, H, W)."""
+    dim = torch.export.Dim
+    shapes = {0: dim("batch", min=1, max=1024)} if dynamic_batch else {}
+    if dynamic_size:
+        shapes.update({2: dim("height", min=32, max=8192), 3: dim("width", min=32, max=8192)})
+    return shapes
+
+
 def export_onnx(
     model: nn.Module,
     path: str,
@@ -61,36 +87,29 @@ def export_onnx(
     The batch dimension is always dynamic; height and width too when `dynamic_size` (else the graph
     only accepts `sample_size`). Returns `path`.
     """
-    if opset < 17:
-        raise ValueError(f"export_onnx: opset must be >= 17, got {opset}.")
-    if getattr(model, "mask_rescoring", None) is not None and opset < 19:
-        logger.info("export_onnx: YOLACT++ deformable convs need ONNX DeformConv (opset 19); using 19.")
-        opset = 19
-    if model.resize_mode != "squash" and dynamic_size:
-        logger.warning(
-            "export_onnx: resize_mode=%r computes its resized size when the graph is recorded: the "
-            "graph takes %s images only (export with sample_size = your image size).",
-            model.resize_mode, tuple(sample_size),
-        )
-        dynamic_size = False
+    opset, dynamic_size = export_settings(model, opset, sample_size, dynamic_size)
     model = model.eval()
     wrapper = YolactExportWrapper(model).eval()
     sample = _sample_images(sample_batch, *sample_size).to(model.device)
-    dim = torch.export.Dim
-    shapes = {0: dim("batch", min=1, max=1024)}
-    if dynamic_size:
-        shapes.update({2: dim("height", min=32, max=8192), 3: dim("width", min=32, max=8192)})
+    shapes = image_dims(dynamic_batch=True, dynamic_size=dynamic_size)
+    return export_wrapper(wrapper, {"images": sample}, path, output_names(model), {"images": shapes}, opset)
+
+
+def export_wrapper(wrapper: nn.Module, inputs: Dict[str, torch.Tensor], path: str, outputs: Sequence[str],
+                   dynamic_shapes: Dict, opset: int) -> str:
+    """The dynamo export both the image graph and YolactEdge's two video graphs go through:
+    `inputs` (name -> sample tensor, in forward's order), checked with onnx.checker."""
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     with torch.no_grad():
         program = torch.onnx.export(
             wrapper,
-            (sample,),
+            tuple(inputs.values()),
             path,
-            input_names=["images"],
-            output_names=list(output_names(model)),
+            input_names=list(inputs),
+            output_names=list(outputs),
             opset_version=opset,
             dynamo=True,
-            dynamic_shapes={"images": shapes},
+            dynamic_shapes=dynamic_shapes,
             external_data=False,
             custom_translation_table=_class_nms_onnx_table(),
         )

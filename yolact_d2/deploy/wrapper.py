@@ -193,9 +193,13 @@ class YolactExportWrapper(nn.Module):
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         height, width = images.shape[-2], images.shape[-1]
         resized = self._resized_size(height, width)
+        feats = self.model.backbone(self._normalize(images, resized))
+        return self.detections(feats, height, width, resized)
+
+    def detections(self, feats, height, width, resized: Tuple[int, int]) -> Tuple[torch.Tensor, ...]:
+        """FPN features -> the graph outputs (protonet, head, NMS, masks); YolactEdge's video graphs
+        (deploy/video_export.py) feed it their keyframe or warped features."""
         m = self.model
-        x = self._normalize(images, resized)
-        feats = m.backbone(x)
         proto = m.protonet(feats[m.proto_feature]).permute(0, 2, 3, 1)  # (B, Hp, Wp, K)
         preds = m.head([feats[f] for f in m.head_features])
         conf = F.softmax(preds["conf"], dim=-1)  # (B, P, C+1)
