@@ -96,3 +96,42 @@ class FlowNetMini(nn.Module):
             )
             preds.append(self.pred1(concat1))
         return preds
+
+
+# ---------------------------------------------------------------------- flow units and the EPE loss
+# Our data carry backward flow in PIXELS of the network input (target(x) ~ reference(x + flow));
+# the official network predicts it in its own units, `flow_px * 2 / size * 8` (resolution-free: the
+# same value at every scale). Conversions happen only here, inside the model and its losses.
+def pixel_flow_to_official(flow: torch.Tensor) -> torch.Tensor:
+    """(N, 2, H, W) flow in pixels of an H x W image -> official units (u * 16 / W, v * 16 / H)."""
+    h, w = flow.shape[-2:]
+    return flow * flow.new_tensor([16.0 / w, 16.0 / h]).view(1, 2, 1, 1)
+
+
+def official_flow_to_pixels(flow: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """(N, 2, h, w) official-unit flow (any grid) -> pixels of an image of `size` (H, W), same grid."""
+    h, w = size
+    return flow * flow.new_tensor([w / 16.0, h / 16.0]).view(1, 2, 1, 1)
+
+
+def flow_epe_loss(predictions: List[torch.Tensor], gt: torch.Tensor) -> torch.Tensor:
+    """Official OpticalFlowLoss: the sum over scales of the mean end-point error (L2 norm of
+    pred - gt over the 2 channels), the gt bilinearly resized to each prediction's grid.
+
+    predictions: flows (N, 2, h_i, w_i) in official units; gt: (N, 2, H, W) in official units.
+    Beyond official: NaN pixels of the gt (no known flow, e.g. cut by an augmentation) are left
+    out. The gt is resized as a weighted average of its valid pixels, and a pixel of a scale counts
+    only where all its bilinear neighbours were valid; without NaNs this is exactly official.
+    """
+    valid = torch.isfinite(gt).all(dim=1, keepdim=True).to(gt.dtype)  # (N, 1, H, W)
+    filled = torch.where(valid.bool(), gt, torch.zeros_like(gt))
+    total = gt.new_zeros(())
+    for pred in predictions:
+        size = pred.shape[-2:]
+        weight = F.interpolate(valid, size=size, mode="bilinear", align_corners=False)
+        gt_down = F.interpolate(filled, size=size, mode="bilinear", align_corners=False) / weight.clamp(min=1e-6)
+        keep = (weight > 1 - 1e-4).squeeze(1)  # (N, h, w)
+        epe = torch.norm(pred - gt_down, dim=1)  # (N, h, w)
+        # A scale with no valid pixel adds 0 (and keeps the graph for DDP).
+        total = total + (epe[keep].mean() if bool(keep.any()) else pred.sum() * 0.0)
+    return total

@@ -194,12 +194,6 @@ class Yolact(nn.Module):
         return ImageList(batch, [tuple(img.shape[-2:]) for img in images])
 
     # ------------------------------------------------------------------ network
-    def _predict(self, images: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, Dict]:
-        """Runs the network; returns predictions (CONTRACTS.md layout), priors and FPN features."""
-        feats = self.backbone(images)
-        predictions, priors = self._predict_from_features(feats, images)
-        return predictions, priors, feats
-
     def _predict_from_features(self, feats: Dict[str, torch.Tensor], images: torch.Tensor):
         """FPN features -> (predictions, priors): protonet, head and the priors of these grids."""
         proto = self.protonet(feats[self.proto_feature]).permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, K)
@@ -222,12 +216,17 @@ class Yolact(nn.Module):
         if self.criterion is None:
             raise RuntimeError("Yolact: training needs a criterion (e.g. yolact_d2.modeling.loss.YolactLoss).")
         images = self.preprocess_image(batched_inputs, resize=False)
-        predictions, priors, feats = self._predict(images.tensor)
+        return self.losses_from_features(self.backbone(images.tensor), images.tensor, batched_inputs)
+
+    def losses_from_features(self, feats: Dict[str, torch.Tensor], images: torch.Tensor, batched_inputs: List[Dict]):
+        """FPN features of the (B, 3, H, W) network input -> the criterion's loss dict (what training
+        does after the backbone; YolactEdge's video stage feeds it warped features)."""
+        predictions, priors = self._predict_from_features(feats, images)
         if self.semantic_seg_conv is not None:
             predictions["segm"] = self.semantic_seg_conv(feats[self.proto_feature])  # (B, C, H3, W3)
         if self.mask_rescoring is not None:
             predictions["maskiou_net"] = self.mask_rescoring
-        input_size = tuple(images.tensor.shape[-2:])
+        input_size = tuple(images.shape[-2:])
         targets = []
         for d in batched_inputs:
             if "instances" not in d:
