@@ -2,6 +2,7 @@
 class-count-aware fine-tuning."""
 import glob
 import os
+import re
 import socket
 import tempfile
 from collections import defaultdict
@@ -11,7 +12,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from yolact_d2.checkpoint.mismatch import CLASS_DEPENDENT_KEYS, StateDictDiff, is_class_dependent
+from yolact_d2.checkpoint.mismatch import CLASS_DEPENDENT_KEYS, StateDictDiff, WeightsMismatchError, is_class_dependent
 from yolact_d2.checkpoint.safe_load import CheckpointFileError, load_checkpoint_file
 
 __all__ = ["YolactCheckpointer", "CLASS_DEPENDENT_KEYS"]
@@ -93,7 +94,11 @@ class YolactCheckpointer(DetectionCheckpointer):
       resume, or `load` with `strict=False`) is lenient: class-dependent layers of another shape
       keep their fresh initialisation (logged as a fine-tuning re-initialisation), missing keys
       (e.g. a backbone-only ImageNet file) are logged as a grouped summary, any other shape
-      mismatch and a checkpoint that fills none of the model's keys are errors.
+      mismatch and a checkpoint that fills none of the model's keys are errors;
+    - `init_may_miss` (regexes; None: any key may be missing) makes that fine-tuning load strict about
+      missing keys: a model key the init checkpoint lacks and no pattern matches is a
+      `WeightsMismatchError` naming the keys (YolactEdge video configs: everything but the flow net
+      and SPA must come from the image model).
     """
 
     def __init__(
@@ -104,10 +109,12 @@ class YolactCheckpointer(DetectionCheckpointer):
         strict: bool = False,
         meta: Optional[Mapping[str, Any]] = None,
         class_dependent_keys: Sequence[str] = CLASS_DEPENDENT_KEYS,
+        init_may_miss: Optional[Sequence[str]] = None,
         **kwargs,
     ):
         super().__init__(model, save_dir, **kwargs)
         self.strict = strict
+        self.init_may_miss = None if init_may_miss is None else tuple(init_may_miss)
         self.meta = dict(meta or {})
         self.class_dependent_keys = tuple(class_dependent_keys)  # regexes
         self.reinitialized_keys = []
@@ -190,6 +197,11 @@ class YolactCheckpointer(DetectionCheckpointer):
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """Resuming our own run is strict; starting from `path` (init_checkpoint) fine-tunes."""
         resuming = resume and self.has_checkpoint()
+        if not resuming and self.init_may_miss is not None and not os.path.isfile(path or ""):
+            raise FileNotFoundError(
+                f"train.init_checkpoint '{path}' does not exist, and this config cannot start without it (its "
+                "image parts must be loaded): train the model it builds on first (scripts/run_video.sh does)."
+            )
         self._strict_now = self.strict or resuming
         try:
             return super().resume_or_load(path, resume=resume)
@@ -236,6 +248,7 @@ class YolactCheckpointer(DetectionCheckpointer):
                 "ImageNet file converted with tools/convert_imagenet_backbone.py. Model keys look like "
                 f"'{next(iter(model_shapes), '')}'."
             )
+        self._check_init_may_miss(missing, source)
         self.reinitialized_keys = [k for k, _, _ in incompatible.incorrect_shapes]
         if self.reinitialized_keys:
             lines = "\n".join(
@@ -258,3 +271,15 @@ class YolactCheckpointer(DetectionCheckpointer):
             )
         # Detectron2 would warn once more per key: the summary above says it all.
         return incompatible._replace(incorrect_shapes=[], missing_keys=[], unexpected_keys=[])
+
+    def _check_init_may_miss(self, missing: Sequence[str], source: str) -> None:
+        if self.init_may_miss is None:
+            return
+        bad = [k for k in missing if not any(re.search(p, k) for p in self.init_may_miss)]
+        if bad:
+            raise WeightsMismatchError(
+                f"train.init_checkpoint '{source}' lacks {len(bad)} key(s) this config must start from "
+                f"(only keys matching {list(self.init_may_miss)} may start fresh): {_group_by_module(bad)}. "
+                "Pass a checkpoint that has them: for a YolactEdge video config, the image model it builds on "
+                "(e.g. the main job's output/yolact_shapes/model_final.pth) or the flow stage's model_final.pth."
+            )

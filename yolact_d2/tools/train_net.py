@@ -170,7 +170,8 @@ def do_train(args, cfg):
     trainer = YolactTrainer(ddp_model, loader, optimizer, amp=cfg.train.amp.enabled)
     loader.trainer = trainer
     checkpointer = YolactCheckpointer(
-        model, cfg.train.output_dir, meta=_training_meta(cfg), optimizer=optimizer, trainer=trainer
+        model, cfg.train.output_dir, meta=_training_meta(cfg), optimizer=optimizer, trainer=trainer,
+        init_may_miss=cfg.train.get("init_may_miss"),  # e.g. video configs: all but flow_net / spa must load
     )
     eval_period = cfg.train.get("eval_period", 0) or 0
     trainer.register_hooks(
