@@ -1,5 +1,6 @@
 """Data: SSD augmentation as Detectron2 Augmentations, the YOLACT dataset mapper, the synthetic
-shapes dataset, COCO-format dataset registration, the train loader and the pre-training checks."""
+shapes dataset, COCO-format dataset registration, video data (.flo, FlyingChairs, YouTube-VIS,
+the frame-pair mapper), the train loader and the pre-training checks."""
 from .augmentations import (
     YOLACT_MEAN_BGR,
     InstanceAugInput,
@@ -14,6 +15,14 @@ from .datasets import check_coco_json, register_coco_dataset
 from .loaders import build_yolact_train_loader
 from .mapper import AnnotationError, ImageReadError, YolactDatasetMapper
 from .shapes import generate_shapes_dataset, prepare_shapes, register_shapes
+from .video import (
+    FloFileError,
+    load_ytvis_json,
+    read_flo,
+    register_flying_chairs,
+    register_ytvis_instances,
+    write_flo,
+)
 
 __all__ = [
     "YOLACT_MEAN_BGR",
@@ -34,4 +43,10 @@ __all__ = [
     "generate_shapes_dataset",
     "prepare_shapes",
     "register_shapes",
+    "FloFileError",
+    "load_ytvis_json",
+    "read_flo",
+    "register_flying_chairs",
+    "register_ytvis_instances",
+    "write_flo",
 ]

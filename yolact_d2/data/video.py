@@ -1,0 +1,450 @@
+"""Video data for YolactEdge: Middlebury .flo files, FlyingChairs and YouTube-VIS datasets, and the
+(reference, target) frame-pair mapper.
+
+Flow convention everywhere in yolact_d2: *backward* flow in pixels, float32 (H, W, 2) here and
+(2, H, W) after the mapper, such that ``target(x, y) ~= reference(x + u, y + v)``: for each pixel
+of the target (current, annotated) frame, where it was in the reference (keyframe) frame; NaN where
+unknown. A FlyingChairs ``.flo`` is forward flow img1 -> img2, i.e. exactly this with target =
+img1, reference = img2. Conversion to YolactEdge's own flow units happens in the model, never here.
+
+Why our own YouTube-VIS reader: Detectron2 has none, and pycocotools' ``ytvos`` (what the official
+code uses) is not on the registry; records are one Detectron2 dict per annotated frame, with the
+video's frame list, so reference frames (also unannotated ones) can be picked by the mapper.
+"""
+import collections
+import functools
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pycocotools.mask as mask_util
+
+from .datasets import category_metadata, read_coco_categories, register_dataset
+from .mapper import AnnotationError, check_polygons, check_rle
+
+__all__ = [
+    "FloFileError",
+    "read_flo",
+    "write_flo",
+    "register_flying_chairs",
+    "load_flying_chairs",
+    "VideoFrames",
+    "check_ytvis_json",
+    "load_ytvis_json",
+    "register_ytvis_instances",
+]
+
+logger = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- .flo files
+FLO_MAGIC = np.float32(202021.25)  # the bytes "PIEH" read as a little-endian float32
+_FLO_HEADER_BYTES = 12
+_FLO_MAX_SIDE = 1 << 15  # no flow data set comes near 32768 px a side; larger is a corrupt header
+_FLO_UNKNOWN = 1e9  # Middlebury: components above this mean "no flow known"
+
+
+class FloFileError(ValueError):
+    """A .flo file that cannot be read; the message names the file and what was found."""
+
+
+def _flo_header(path, f):
+    header = f.read(_FLO_HEADER_BYTES)
+    if len(header) < _FLO_HEADER_BYTES:
+        raise FloFileError(f"{path!r}: {len(header)} bytes, shorter than the 12-byte .flo header "
+                           "(magic, width, height); the file is truncated or not a .flo file.")
+    magic = float(np.frombuffer(header[:4], "<f4")[0])
+    if magic != FLO_MAGIC:
+        raise FloFileError(f"{path!r}: magic number {magic} (bytes {header[:4]!r}), expected "
+                           f"{float(FLO_MAGIC)} (b'PIEH'); not a Middlebury .flo file.")
+    width, height = (int(v) for v in np.frombuffer(header[4:], "<i4"))
+    if not (0 < width <= _FLO_MAX_SIDE and 0 < height <= _FLO_MAX_SIDE):
+        raise FloFileError(f"{path!r}: header size width={width}, height={height} is not in "
+                           f"1..{_FLO_MAX_SIDE}; the header is corrupt.")
+    return height, width
+
+
+def read_flo_size(path):
+    """(height, width) from a .flo file's header, checking the file's length against it."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        height, width = _flo_header(path, f)
+        size = os.fstat(f.fileno()).st_size
+    expected = _FLO_HEADER_BYTES + 8 * height * width
+    if size != expected:
+        what = "truncated" if size < expected else "oversized (trailing bytes)"
+        raise FloFileError(f"{path!r}: {size} bytes, but a {width}x{height} (width x height) flow "
+                           f"needs {expected} (12-byte header + {height}*{width}*2 float32): {what}.")
+    return height, width
+
+
+def read_flo(path):
+    """Read a Middlebury .flo file: float32 (H, W, 2) array of (u, v) per pixel, NaN where the file
+    marks the flow unknown (a component above 1e9). Raises FloFileError naming the file for a wrong
+    magic number, an implausible size or a length that does not match the header."""
+    path = os.fspath(path)
+    height, width = read_flo_size(path)
+    with open(path, "rb") as f:
+        f.seek(_FLO_HEADER_BYTES)
+        flow = np.fromfile(f, "<f4", 2 * height * width).reshape(height, width, 2).astype(np.float32)
+    flow[np.abs(flow) > _FLO_UNKNOWN] = np.nan
+    return flow
+
+
+def write_flo(path, flow):
+    """Write a float (H, W, 2) flow as a Middlebury .flo file (atomically: a reader never sees a
+    partial file). NaN (unknown) is written as NaN, which read_flo reads back as NaN."""
+    path = os.fspath(path)
+    flow = np.asarray(flow)
+    if flow.ndim != 3 or flow.shape[2] != 2 or 0 in flow.shape:
+        raise ValueError(f"write_flo({path!r}): flow must be an (H, W, 2) array, got shape {flow.shape}.")
+    if max(flow.shape[:2]) > _FLO_MAX_SIDE:
+        raise ValueError(f"write_flo({path!r}): {flow.shape[1]}x{flow.shape[0]} exceeds the "
+                         f"{_FLO_MAX_SIDE}-pixel side read_flo accepts.")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(FLO_MAGIC.astype("<f4").tobytes())
+        f.write(np.array([flow.shape[1], flow.shape[0]], "<i4").tobytes())
+        f.write(np.ascontiguousarray(flow, dtype="<f4").tobytes())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- FlyingChairs
+_CHAIRS_PAIR = re.compile(r"^(\d+)_img1\.ppm$")
+_CHAIRS_SPLITS = {"train": 1, "val": 2}
+
+
+def _chairs_data_dir(root):
+    """The folder holding NNNNN_img1.ppm / _img2.ppm / _flow.flo: root/data (the release's layout)
+    or root itself."""
+    data = os.path.join(root, "data")
+    return data if os.path.isdir(data) else root
+
+
+def _chairs_split_ids(split_file):
+    """1-based pair numbers -> split label (1 train, 2 val), from FlyingChairs_train_val.txt (one
+    label per line, line k for pair k)."""
+    try:
+        with open(split_file) as f:
+            lines = [line.strip() for line in f]
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"FlyingChairs split file not found: {split_file!r}. Put FlyingChairs_train_val.txt "
+            "(from the FlyingChairs site) next to data/, pass split_file=, or use split='all'.") from e
+    while lines and not lines[-1]:
+        lines.pop()
+    labels = {}
+    for k, line in enumerate(lines, 1):
+        if line not in ("1", "2"):
+            raise AnnotationError(f"{split_file!r} line {k}: {line[:40]!r} is not 1 (train) or 2 (val).")
+        labels[k] = int(line)
+    return labels
+
+
+def load_flying_chairs(root, split_file=None, split="train"):
+    """FlyingChairs records: {file_name (img1 = target), reference_file_name (img2), flow_file,
+    height, width, image_id}, in pair order. `split`: "train" / "val" (the split file's labels 1 /
+    2, as official) or "all". Every selected pair's three files must exist (named error)."""
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"FlyingChairs split must be 'train', 'val' or 'all', got {split!r}.")
+    root = os.path.abspath(os.fspath(root))
+    data = _chairs_data_dir(root)
+    if not os.path.isdir(data):
+        raise FileNotFoundError(f"FlyingChairs folder not found: {root!r} (expected "
+                                "FlyingChairs_release/ with data/NNNNN_img1.ppm ...).")
+    if split == "all":
+        numbers = sorted(int(m.group(1)) for m in map(_CHAIRS_PAIR.match, os.listdir(data)) if m)
+        if not numbers:
+            raise FileNotFoundError(f"No FlyingChairs pairs (NNNNN_img1.ppm) in {data!r}.")
+    else:
+        split_file = split_file or os.path.join(root, "FlyingChairs_train_val.txt")
+        labels = _chairs_split_ids(split_file)
+        numbers = [k for k, label in labels.items() if label == _CHAIRS_SPLITS[split]]
+    records = []
+    for number in numbers:
+        stem = os.path.join(data, f"{number:05d}")
+        files = (f"{stem}_img1.ppm", f"{stem}_img2.ppm", f"{stem}_flow.flo")
+        for path in files:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"FlyingChairs pair {number} ({split} split) is missing "
+                                        f"{path!r}; the download is incomplete.")
+        height, width = read_flo_size(files[2])
+        records.append(dict(file_name=files[0], reference_file_name=files[1], flow_file=files[2],
+                            height=height, width=width, image_id=len(records)))
+    return records
+
+
+def register_flying_chairs(name, root, split_file=None, split="train"):
+    """Register FlyingChairs (`root` = FlyingChairs_release, holding data/ and
+    FlyingChairs_train_val.txt) as `name`; records as load_flying_chairs gives them, loaded when
+    first read. Metadata: evaluator_type="flow". Returns `name`."""
+    root = os.path.abspath(os.fspath(root))
+    split_file = os.path.abspath(split_file) if split_file else None
+    meta = dict(image_root=_chairs_data_dir(root), split=split, evaluator_type="flow")
+    if split_file:
+        meta["split_file"] = split_file
+    return register_dataset(name, functools.partial(load_flying_chairs, root, split_file, split), meta)
+
+
+# ----------------------------------------------------------------------------- YouTube-VIS
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+class VideoFrames(Sequence):
+    """A video's frame paths, in order: a read-only list of absolute paths stored as (folder,
+    names) so that per-frame records stay small when pickled (Detectron2 serialises every record;
+    YouTube-VIS with all frames has ~140 frames a video). Equal to a list of the same paths."""
+
+    __slots__ = ("root", "names")
+
+    def __init__(self, root, names):
+        self.root = os.fspath(root)
+        self.names = tuple(names)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [os.path.join(self.root, n) for n in self.names[index]]
+        return os.path.join(self.root, self.names[index])
+
+    def __eq__(self, other):
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self):
+        return f"VideoFrames({self.root!r}, {len(self)} frames)"
+
+    def __getstate__(self):
+        return self.root, self.names
+
+    def __setstate__(self, state):
+        self.root, self.names = state
+
+
+def _video_where(json_file, video):
+    first = (video.get("file_names") or ["?"])[0]
+    return f"{json_file!r}: video id={video.get('id')} ({os.path.dirname(first) or first!r})"
+
+
+def _check_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_video(json_file, video, k):
+    if not isinstance(video, dict):
+        raise AnnotationError(f"{json_file!r}: videos[{k}] is a {type(video).__name__}, not an object.")
+    where = _video_where(json_file, video)
+    for key in ("id", "height", "width"):
+        if not _check_int(video.get(key)) or (key != "id" and video[key] <= 0):
+            raise AnnotationError(f"{where}: {key!r} is {video.get(key)!r}; every video needs an integer "
+                                  "'id' and positive integer 'height' and 'width'.")
+    names = video.get("file_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise AnnotationError(f"{where}: 'file_names' must be a non-empty list of frame paths "
+                              "(relative to image_root).")
+    if "length" in video and video["length"] != len(names):
+        raise AnnotationError(f"{where}: 'length' is {video['length']} but 'file_names' lists "
+                              f"{len(names)} frames.")
+
+
+def _check_track(json_file, ann, video, cat_ids):
+    """Check one YouTube-VIS annotation (a track) against its video."""
+    where = f"{_video_where(json_file, video)}, annotation id={ann.get('id')}"
+    if not _check_int(ann.get("id")):
+        raise AnnotationError(f"{where}: 'id' {ann.get('id')!r} is not an integer (the track id).")
+    if ann.get("category_id") not in cat_ids:
+        raise AnnotationError(f"{where}: category_id {ann.get('category_id')!r} is not in the dataset's "
+                              f"categories (ids {sorted(cat_ids)}). Fix the annotation or add the category.")
+    n = len(video["file_names"])
+    if "segmentations" not in ann and "bboxes" not in ann:
+        raise AnnotationError(f"{where}: has neither 'segmentations' nor 'bboxes' (one entry per frame).")
+    for key in ("segmentations", "bboxes", "areas"):
+        if key in ann and (not isinstance(ann[key], list) or len(ann[key]) != n):
+            got = len(ann[key]) if isinstance(ann[key], list) else type(ann[key]).__name__
+            raise AnnotationError(f"{where}: {key!r} has {got} entries but the video's 'file_names' "
+                                  f"lists {n} frames; there must be one entry (or null) per frame.")
+    segms = ann.get("segmentations") or [None] * n
+    boxes = ann.get("bboxes") or [None] * n
+    crowd = bool(ann.get("iscrowd", 0))
+    hw = [video["height"], video["width"]]
+    for t, (segm, box) in enumerate(zip(segms, boxes)):
+        at = f"{where}, frame {t} ({video['file_names'][t]!r})"
+        if box is not None and (not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
+                isinstance(v, (int, float)) and np.isfinite(v) for v in box)):
+            raise AnnotationError(f"{at}: bbox {box!r} is not [x, y, width, height] of 4 finite numbers.")
+        if segm is None:
+            if box is not None and not crowd:
+                raise AnnotationError(f"{at}: has a bbox but a null segmentation; a non-crowd object "
+                                      "needs a mask in every frame where it is annotated (null both, "
+                                      "or give the mask).")
+        elif isinstance(segm, list):
+            check_polygons(segm, at)
+        elif isinstance(segm, dict):
+            size = list(segm.get("size", []))
+            if size != hw:
+                raise AnnotationError(f"{at}: RLE size {size} does not match the video's size {hw} "
+                                      "(height, width).")
+            check_rle(segm, at)
+        else:
+            raise AnnotationError(f"{at}: segmentation of type {type(segm).__name__} is neither a "
+                                  "polygon list nor an RLE dict.")
+
+
+def _read_json(json_file):
+    try:
+        with open(json_file) as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"YouTube-VIS annotation file not found: {json_file!r}") from e
+    except ValueError as e:
+        raise AnnotationError(f"{json_file!r} is not valid json: {e}") from e
+
+
+def check_ytvis_json(json_file):
+    """Raise AnnotationError (naming the json, the video, the annotation and the frame) for an
+    unusable YouTube-VIS json: missing 'videos' / 'annotations' / 'categories', a video without
+    integer id / height / width or frame list, repeated video ids, per-frame 'segmentations' /
+    'bboxes' / 'areas' lists whose length differs from the video's 'file_names', an unknown
+    video_id or category_id, a bad bbox / polygon / RLE, an RLE of the wrong size, a bbox on a
+    frame whose segmentation is null (non-crowd). Returns the parsed json."""
+    data = _read_json(json_file)
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{json_file!r} holds a json {type(data).__name__}, not a YouTube-VIS object.")
+    for key in ("videos", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise AnnotationError(f"{json_file!r} has no {key!r} list; not a YouTube-VIS instances file "
+                                  "(videos[].file_names, annotations[].segmentations/bboxes, categories).")
+    if not data["videos"]:
+        raise AnnotationError(f"{json_file!r} has an empty 'videos' list: there is nothing to load.")
+    cat_ids = set(category_metadata(data["categories"], json_file)["thing_dataset_id_to_contiguous_id"])
+    for k, video in enumerate(data["videos"]):
+        _check_video(json_file, video, k)
+    counts = collections.Counter(v["id"] for v in data["videos"])
+    repeated = sorted(i for i, c in counts.items() if c > 1)
+    if repeated:
+        raise AnnotationError(f"{json_file!r}: video ids {repeated} appear more than once in 'videos'.")
+    videos = {v["id"]: v for v in data["videos"]}
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or ann.get("video_id") not in videos:
+            vid = ann.get("video_id") if isinstance(ann, dict) else None
+            ann_id = ann.get("id") if isinstance(ann, dict) else None
+            raise AnnotationError(f"{json_file!r}: annotation #{k} (id={ann_id}) refers to video_id="
+                                  f"{vid!r}, which is not in 'videos'.")
+        _check_track(json_file, ann, videos[ann["video_id"]], cat_ids)
+    if not data["annotations"]:
+        logger.warning(f"{json_file!r} has no annotations: usable for inference, not to train or evaluate.")
+    return data
+
+
+def _mask_bbox(segm, height, width):
+    """XYWH box of a polygon list / RLE (pycocotools, as COCO does)."""
+    if isinstance(segm, list):
+        rle = mask_util.merge(mask_util.frPyObjects([list(map(float, p)) for p in segm], height, width))
+    elif isinstance(segm.get("counts"), list):
+        rle = mask_util.frPyObjects(segm, height, width)
+    else:
+        rle = segm
+    return [float(v) for v in mask_util.toBbox(rle)]
+
+
+def _all_frames(all_frames_root, json_file, video):
+    """The video's frames from the all-frames folder: VideoFrames over the sorted image files in
+    all_frames_root/<the folder of file_names[0]>, and the position of each annotated frame."""
+    folder = os.path.dirname(video["file_names"][0])
+    directory = os.path.join(all_frames_root, folder)
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.lower().endswith(_IMAGE_EXTENSIONS))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{_video_where(json_file, video)}: its all-frames folder {directory!r} "
+                                "does not exist (all_frames_root is wrong, or the video is missing).") from e
+    index = {n: i for i, n in enumerate(names)}
+    positions = []
+    for name in video["file_names"]:
+        if os.path.dirname(name) != folder or os.path.basename(name) not in index:
+            raise FileNotFoundError(f"{_video_where(json_file, video)}: annotated frame {name!r} is not "
+                                    f"among the {len(names)} images of {directory!r}.")
+        positions.append(index[os.path.basename(name)])
+    return VideoFrames(directory, names), positions
+
+
+def load_ytvis_json(json_file, image_root, dataset_name=None, all_frames_root=None):
+    """Check (check_ytvis_json) and read a YouTube-VIS json into Detectron2 records, one per entry
+    of a video's 'file_names', in json order:
+
+        file_name (absolute), height, width, image_id (the record's index), video_id (json id),
+        frame_idx (index in the video's file_names), video_frames (VideoFrames: the frames reference
+        frames are picked from), video_frame_idx (the record's position in video_frames),
+        annotations: [{bbox (XYWH_ABS), bbox_mode, segmentation (as in the json), category_id
+        (contiguous 0-based, sorted-id order as Detectron2's COCO loader), iscrowd, track_id (the
+        json annotation id)}] for the objects not null on that frame.
+
+    A segmentation on a frame whose bbox is null gets the mask's bbox. Without `all_frames_root`,
+    video_frames are the annotated frames (file_names under image_root). With it, video_frames are
+    every image in all_frames_root/<video folder> (YouTube-VIS train jsons list every 5th frame;
+    the "all frames" download has the rest), so a reference 2-5 frames earlier can be an
+    unannotated frame, as in the official training."""
+    from detectron2.data import MetadataCatalog
+    from detectron2.structures import BoxMode
+
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    data = check_ytvis_json(json_file)
+    id_map = category_metadata(data["categories"], json_file)["thing_dataset_id_to_contiguous_id"]
+    if dataset_name is not None:
+        meta = MetadataCatalog.get(dataset_name)
+        registered = meta.get("thing_dataset_id_to_contiguous_id", None)
+        if registered is not None and registered != id_map:
+            raise AnnotationError(f"Dataset {dataset_name!r}: the categories of {json_file!r} changed "
+                                  "after it was registered; register it again (e.g. reload the config).")
+        if registered is None:
+            meta.set(**category_metadata(data["categories"], json_file))
+    tracks = collections.defaultdict(list)
+    for ann in data["annotations"]:
+        tracks[ann["video_id"]].append(ann)
+    records = []
+    for video in data["videos"]:
+        names, h, w = video["file_names"], video["height"], video["width"]
+        if all_frames_root is None:
+            frames, positions = VideoFrames(image_root, names), list(range(len(names)))
+        else:
+            frames, positions = _all_frames(os.fspath(all_frames_root), json_file, video)
+        for t, name in enumerate(names):
+            annotations = []
+            for ann in tracks[video["id"]]:
+                segm = (ann.get("segmentations") or [None] * len(names))[t]
+                box = (ann.get("bboxes") or [None] * len(names))[t]
+                if segm is None and box is None:
+                    continue
+                annotations.append(dict(
+                    bbox=[float(v) for v in box] if box is not None else _mask_bbox(segm, h, w),
+                    bbox_mode=BoxMode.XYWH_ABS, segmentation=segm,
+                    category_id=id_map[ann["category_id"]], iscrowd=int(bool(ann.get("iscrowd", 0))),
+                    track_id=ann["id"]))
+            records.append(dict(file_name=os.path.join(image_root, name), height=h, width=w,
+                                image_id=len(records), video_id=video["id"], frame_idx=t,
+                                video_frames=frames, video_frame_idx=positions[t],
+                                annotations=annotations))
+    return records
+
+
+def register_ytvis_instances(name, json_file, image_root, metadata=None, all_frames_root=None):
+    """Register a YouTube-VIS-format dataset as `name`: records as load_ytvis_json gives them,
+    checked and loaded when first read. Metadata: thing_classes and
+    thing_dataset_id_to_contiguous_id (read now from the json's categories when it exists),
+    json_file, image_root, evaluator_type="ytvis", plus `metadata`. Re-registering the same files is
+    a no-op. Returns `name`."""
+    json_file, image_root = os.path.abspath(os.fspath(json_file)), os.path.abspath(os.fspath(image_root))
+    all_frames_root = os.path.abspath(os.fspath(all_frames_root)) if all_frames_root else None
+    meta = dict(json_file=json_file, image_root=image_root, evaluator_type="ytvis")
+    if all_frames_root:
+        meta["all_frames_root"] = all_frames_root
+    if os.path.isfile(json_file):
+        meta.update(category_metadata(read_coco_categories(json_file), json_file))
+    else:
+        logger.warning(f"Dataset {name!r}: {json_file!r} does not exist (yet); its class names will "
+                       "be known once it is loaded.")
+    meta.update(metadata or {})
+    loader = functools.partial(load_ytvis_json, json_file, image_root, name, all_frames_root)
+    return register_dataset(name, loader, meta)
