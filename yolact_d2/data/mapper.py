@@ -254,17 +254,22 @@ class YolactDatasetMapper:
 
     # ------------------------------------------------------------------ main
     def __call__(self, dataset_dict):
+        return self.map_with_transforms(dataset_dict)[0]
+
+    def map_with_transforms(self, dataset_dict):
+        """(the mapped dict or None, the TransformList that made its image, or None): what a
+        frame-pair mapper needs to apply the same augmentation to another frame."""
         dataset_dict = copy.deepcopy(dataset_dict)
         image = self._read_image(dataset_dict)
         h, w = image.shape[:2]
 
         if not self.is_train:
             aug_input = T.AugInput(image)
-            self.augmentations(aug_input)
+            transforms = self.augmentations(aug_input)
             dataset_dict.pop("annotations", None)
             dataset_dict["image"] = torch.as_tensor(
                 np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-            return dataset_dict
+            return dataset_dict, transforms
 
         anns = self._check_annotations(dataset_dict, (h, w))
         boxes = np.stack([b for _, b in anns]) if anns else np.zeros((0, 4))
@@ -283,7 +288,7 @@ class YolactDatasetMapper:
         for attempt in range(self.max_retries + 2):
             augs = self.augmentations if attempt <= self.max_retries else self._resize_only
             aug_input = InstanceAugInput(image, boxes, is_crowd, masks, polygons)
-            augs(aug_input)
+            transforms = augs(aug_input)
             result = self._targets(aug_input, classes)
             if result is not None:
                 if attempt > 0:
@@ -295,10 +300,10 @@ class YolactDatasetMapper:
                     np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
                 dataset_dict["instances"] = instances
                 dataset_dict["crowd_boxes"] = crowd_boxes
-                return dataset_dict
+                return dataset_dict, transforms
         logger.warning(f"{dataset_dict['file_name']}: no non-crowd instance survives augmentation "
                        f"(after {self.max_retries} re-draws); skipping this image.")
-        return None
+        return None, None
 
     def _targets(self, aug_input, classes):
         """(Instances, crowd_boxes) from an augmented input, or None if no non-crowd instance."""
