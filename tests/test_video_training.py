@@ -1,0 +1,177 @@
+"""YolactEdge training stages: the flow EPE loss and the feature-matching loss against hand
+computations, what each stage freezes, the strict init of video configs, and short flow / video runs
+through tools/train_net.py on a few moving-shapes clips that lower every logged loss."""
+import math
+import os
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.structures import BitMasks, Boxes, Instances
+from torch import nn
+
+from yolact_d2.checkpoint import WeightsMismatchError
+from yolact_d2.engine import YolactCheckpointer
+from yolact_d2.modeling.flow import flow_epe_loss, official_flow_to_pixels, pixel_flow_to_official
+from yolact_d2.modeling.video_losses import feature_matching_loss
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_EDGE = os.path.join(REPO, "configs", "yolact_edge", "moving_shapes", "small_yolact_edge.py")
+
+
+def small_model(stage):
+    cfg = LazyConfig.load(SMALL_EDGE)
+    cfg.model.training_stage = stage
+    torch.manual_seed(0)
+    return instantiate(cfg.model)
+
+
+# ---------------------------------------------------------------------------- flow EPE loss
+def test_pixel_flow_in_official_units():
+    flow = torch.zeros(1, 2, 64, 128)
+    flow[:, 0], flow[:, 1] = 2.0, -3.0  # 2 px right, 3 px up on a 128 x 64 image
+    official = pixel_flow_to_official(flow)
+    assert torch.allclose(official[:, 0], torch.tensor(2 * 2 / 128 * 8)) and torch.allclose(official[:, 1], torch.tensor(-3 * 2 / 64 * 8))
+    # official units are resolution-free: back to pixels of any image size
+    assert torch.allclose(official_flow_to_pixels(official, (64, 128)), flow)
+
+
+def test_epe_of_a_known_translation_at_three_scales():
+    # a 4 px / 2 px translation of a 64x64 frame; the predictions say "no motion" at 3 scales: each
+    # scale adds the length of the official-unit gt vector (constant flows survive any resize).
+    gt = pixel_flow_to_official(torch.tensor([4.0, 2.0]).view(1, 2, 1, 1).expand(2, 2, 64, 64).contiguous())
+    preds = [torch.zeros(2, 2, s, s) for s in (4, 8, 16)]
+    want = 3 * math.hypot(4 * 16 / 64, 2 * 16 / 64)
+    assert flow_epe_loss(preds, gt).item() == pytest.approx(want, rel=1e-6)
+    # the right answer costs nothing
+    assert flow_epe_loss([g.expand_as(p) for g, p in zip([gt[:, :, :1, :1]] * 3, preds)], gt).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_epe_leaves_out_nan_pixels():
+    torch.manual_seed(0)
+    gt = torch.randn(1, 2, 6, 7)
+    gt[0, :, 1:3, 2:5] = float("nan")  # no known flow there (cut by an augmentation)
+    gt[0, 0, 5, 6] = float("nan")  # one channel missing is missing too
+    pred = torch.randn(1, 2, 6, 7, requires_grad=True)
+    loss = flow_epe_loss([pred], gt)  # the prediction's own grid: no resize
+    # brute force: the mean over valid pixels of the end-point error
+    errs = [
+        math.hypot(pred[0, 0, y, x].item() - gt[0, 0, y, x].item(), pred[0, 1, y, x].item() - gt[0, 1, y, x].item())
+        for y in range(6) for x in range(7)
+        if not (math.isnan(gt[0, 0, y, x].item()) or math.isnan(gt[0, 1, y, x].item()))
+    ]
+    assert len(errs) == 42 - 6 - 1
+    assert loss.item() == pytest.approx(sum(errs) / len(errs), rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad[0, :, 1:3, 2:5].abs().sum() == 0
+
+
+# ---------------------------------------------------------------------------- feature matching
+def identity_conv(channels):
+    conv = nn.Conv2d(channels, channels, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        for c in range(channels):
+            conv.weight[c, c, 1, 1] = 1.0
+    return conv
+
+
+def test_feature_matching_by_hand():
+    # every pixel: warped (1, -1), computed (1, 1). "L": cos = 0 -> 1 - 0 = 1. "P" (identity 3x3 +
+    # ReLU): (1, 0) against (1, 1), cos = 1/sqrt(2). Two levels, each the same.
+    warped = [torch.tensor([1.0, -1.0]).view(1, 2, 1, 1).expand(1, 2, 3, 3).clone().requires_grad_() for _ in range(2)]
+    computed = [torch.ones(1, 2, 3, 3) for _ in range(2)]
+    convs = nn.ModuleList([identity_conv(2) for _ in range(3)])
+    p_loss = 1 - 1 / math.sqrt(2)
+    assert feature_matching_loss(warped, computed, convs, "L").item() == pytest.approx(1.0, rel=1e-6)
+    assert feature_matching_loss(warped, computed, convs, "P").item() == pytest.approx(p_loss, rel=1e-5)
+    both = feature_matching_loss(warped, computed, convs, "L+P")
+    assert both.item() == pytest.approx((1 + p_loss) / 2, rel=1e-5)
+    both.backward()
+    # the phase-2 convs' weights are detached: only the warp learns from the "P" term
+    assert all(p.grad is None for p in convs.parameters())
+    assert warped[0].grad is not None and warped[0].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="locations must be one of"):
+        feature_matching_loss(warped, computed, convs, "Q")
+
+
+# ---------------------------------------------------------------------------- freezing
+def random_pairs(n=2, size=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(torch.tensor([[20.0, 30.0, 70.0, 90.0]]))
+        inst.gt_classes = torch.tensor([1])
+        masks = torch.zeros(1, size, size, dtype=torch.bool)
+        masks[:, 30:90, 20:70] = True
+        inst.gt_masks = BitMasks(masks)
+        image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
+        out.append({"image": image, "reference_image": torch.roll(image, 3, dims=2), "instances": inst,
+                    "flow": torch.full((2, size, size), -3.0) * torch.tensor([1.0, 0.0]).view(2, 1, 1), "frame_gap": 2})
+    return out
+
+
+def state_of(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("stage", ["flow", "video"])
+def test_frozen_parts_stay_bit_identical(stage):
+    model = small_model(stage)
+    model.train()  # the frozen parts' BatchNorms stay in eval mode through train()
+    frozen = model.frozen_modules()
+    assert all(not m.training for f in frozen for m in f.modules())
+    before = state_of(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    for step in range(3):
+        losses = model(random_pairs(seed=step))
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    after = state_of(model)
+    frozen_keys = {k for k in before if any(k.startswith(p) for p in _prefixes(model, frozen))}
+    trained_keys = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen_keys and trained_keys and not frozen_keys & trained_keys
+    assert any(k.endswith("running_mean") for k in frozen_keys)  # BN buffers are checked too
+    for k in frozen_keys:
+        assert torch.equal(before[k], after[k]), k
+    if stage == "flow":
+        assert trained_keys == {n for n, _ in model.named_parameters() if n.startswith("flow_net.")}
+        assert set(losses) == {"loss_flow"}
+    else:
+        assert {n.split(".")[0] for n in trained_keys} == {"backbone", "protonet", "head", "semantic_seg_conv", "flow_net", "spa"}
+        assert not any(n.startswith(("backbone.bottom_up.", "backbone.lateral_convs.")) for n in trained_keys)
+        assert {"loss_box", "loss_cls", "loss_mask", "loss_semseg", "loss_feature_match", "loss_box_full"} <= set(losses)
+    # the flow net's prediction convs change; the scale/bias of the unused finest level may not
+    changed = [k for k in trained_keys if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("flow_net.pred2.flow") for k in changed)
+    if stage == "video":
+        assert any(k.startswith("head.") for k in changed) and any(k.startswith("backbone.output_convs") for k in changed)
+
+
+def _prefixes(model, modules):
+    names = {id(m): n for n, m in model.named_modules()}
+    return [names[id(m)] + "." for m in modules]
+
+
+# ---------------------------------------------------------------------------- strict init
+def test_init_without_image_parts_names_the_missing_keys(tmp_path):
+    image_state = {k: v for k, v in small_model("video").state_dict().items() if not k.startswith(("flow_net.", "spa."))}
+    path = str(tmp_path / "image_model.pth")
+    torch.save({"model": image_state}, path)
+    model = small_model("video")
+    # an image model's checkpoint fills everything but the flow net and SPA: accepted
+    YolactCheckpointer(model, str(tmp_path / "a"), init_may_miss=[r"^flow_net\.", r"^spa\."]).resume_or_load(path, resume=True)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in image_state.items())
+    # a checkpoint without the head and the protonet (e.g. a bare backbone): the error names them
+    partial = {k: v for k, v in image_state.items() if not k.startswith(("head.", "protonet."))}
+    torch.save({"model": partial}, path)
+    with pytest.raises(WeightsMismatchError, match=r"lacks \d+ key\(s\).*head\..*protonet\..*image model") as e:
+        YolactCheckpointer(small_model("video"), str(tmp_path / "b"), init_may_miss=[r"^flow_net\.", r"^spa\."]).resume_or_load(path, resume=True)
+    assert "flow_net" not in str(e.value).split("may start fresh")[1]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        YolactCheckpointer(small_model("video"), str(tmp_path / "c"), init_may_miss=[]).resume_or_load(str(tmp_path / "none.pth"), resume=True)
