@@ -256,12 +256,7 @@ class Predictor:
             model.post_processor.score_thresh = float(score_threshold)
         self._int8 = self.int8_path = None
         if self.precision == "int8":  # the ONNX export wants the model as configured (BN folded there)
-            from yolact_d2.deploy.onnx import OnnxPredictor
-            from yolact_d2.deploy.quantize import DEFAULT_INT8_PARTS, int8_model_path
-
-            parts = DEFAULT_INT8_PARTS if int8_parts is None else int8_parts
-            self.int8_path = int8_model_path(self.cfg, model_cfg, model, weights, calibration, parts=parts)
-            self._int8 = OnnxPredictor(self.int8_path, input_format=getattr(model, "input_format", "BGR"))
+            self._build_int8(model, model_cfg, weights, calibration, int8_parts)
         elif optimize:
             optimize_for_inference(model)
         apply_precision(model, self.precision)
@@ -271,6 +266,15 @@ class Predictor:
 
     def _check_model(self, model: nn.Module) -> None:
         """Hook for subclasses: reject a model they cannot run, before any weights are read."""
+
+    def _build_int8(self, model, model_cfg, weights, calibration, int8_parts) -> None:
+        """precision="int8": the calibrated ONNX model (cached next to the weights) and its runner."""
+        from yolact_d2.deploy.onnx import OnnxPredictor
+        from yolact_d2.deploy.quantize import DEFAULT_INT8_PARTS, int8_model_path
+
+        parts = DEFAULT_INT8_PARTS if int8_parts is None else int8_parts
+        self.int8_path = int8_model_path(self.cfg, model_cfg, model, weights, calibration, parts=parts)
+        self._int8 = OnnxPredictor(self.int8_path, input_format=getattr(model, "input_format", "BGR"))
 
     def _to_input(self, image: np.ndarray) -> Dict:
         if self.input_format == "RGB":
@@ -341,15 +345,13 @@ class VideoPredictor(Predictor):
         adaptive=None,
         fp16: bool = False,
         precision: str = "fp32",
+        calibration: Optional[str] = None,
+        int8_parts: Optional[Sequence[str]] = None,
     ):
         self._set_schedule(keyframe_interval, adaptive)  # bad arguments fail before the model is built
-        if precision == "int8":
-            raise PrecisionError(
-                "VideoPredictor: precision='int8' is not built for video models yet (the keyframe and "
-                "warped graphs are not exported); use 'fp32' or 'bf16'."
-            )
         super().__init__(
             config, weights, device, score_threshold=score_threshold, opts=opts, optimize=optimize, fp16=fp16,
+            calibration=calibration, int8_parts=int8_parts,
             precision=precision,
         )
         self.reset()
@@ -360,7 +362,8 @@ class VideoPredictor(Predictor):
         demo uses it when the config turns out to be a video model."""
         if getattr(predictor, "_int8", None) is not None:
             raise PrecisionError(
-                "VideoPredictor: precision='int8' is not built for video models yet; use 'fp32' or 'bf16'."
+                "VideoPredictor.from_predictor: an int8 Predictor holds the single-image graph; build "
+                "VideoPredictor(config, weights, precision='int8') for the keyframe and non-keyframe graphs."
             )
         vp = cls.__new__(cls)
         vp.__dict__.update(predictor.__dict__)
@@ -376,6 +379,18 @@ class VideoPredictor(Predictor):
             raise ValueError(f"VideoPredictor: keyframe_interval must be an integer >= 1, got {keyframe_interval!r}.")
         self.keyframe_interval = int(keyframe_interval)
         self.adaptive = as_adaptive(adaptive)
+
+    _int8_video = None  # precision="int8": the two calibrated graphs in onnxruntime (OnnxVideoModel)
+
+    def _build_int8(self, model, model_cfg, weights, calibration, int8_parts) -> None:
+        """precision="int8": the keyframe and non-keyframe graphs (deploy/video_export.py), their
+        convs quantized (default parts: DEFAULT_VIDEO_INT8_PARTS), cached next to the weights."""
+        from yolact_d2.deploy.quantize import DEFAULT_VIDEO_INT8_PARTS, video_int8_model_paths
+        from yolact_d2.deploy.video_export import OnnxVideoModel
+
+        parts = DEFAULT_VIDEO_INT8_PARTS if int8_parts is None else int8_parts
+        self.int8_paths = video_int8_model_paths(self.cfg, model_cfg, model, weights, calibration, parts=parts)
+        self._int8_video = OnnxVideoModel(*self.int8_paths)
 
     def _check_model(self, model: nn.Module) -> None:
         if not getattr(model, "is_video_model", False):
@@ -435,6 +450,10 @@ class VideoPredictor(Predictor):
         from the flow net's own inputs and finest inference flow by a forward hook (no extra work)."""
         from yolact_d2.keyframe_schedule import warp_measures
 
+        if self._int8_video is not None:  # the non-keyframe graph returns what the hook reads below
+            instances, (current, keyframe, flow) = self._int8_video.warped(self._graph_frame(inputs), self.state)
+            measures = warp_measures(current, keyframe, flow, self.state.input_size) if measure else {}
+            return [{"instances": instances}], measures
         seen: Dict[str, tuple] = {}
         hook = None
         if measure:
@@ -451,6 +470,17 @@ class VideoPredictor(Predictor):
         current, keyframe = seen["args"][:2]  # reduced C3 laterals: this frame, the keyframe
         flow = seen["out"][-1][0]  # the finest prediction run at inference (1/2 scale, warps P4)
         return outputs, warp_measures(current, keyframe, flow, self.state.input_size)
+
+    @staticmethod
+    def _graph_frame(inputs: List[Dict]) -> np.ndarray:
+        """The model input's (H, W, 3) uint8 view in the model's format, as the int8 graphs take it."""
+        return inputs[0]["image"].permute(1, 2, 0).numpy()
+
+    def _keyframe(self, inputs: List[Dict]):
+        if self._int8_video is not None:
+            instances, state = self._int8_video.keyframe(self._graph_frame(inputs))
+            return [{"instances": instances}], state
+        return self.model.inference_video(inputs, None, keyframe=True)
 
     def __call__(self, frame: ImageLike, keyframe: Optional[bool] = None) -> Instances:
         if isinstance(frame, (list, tuple)):
@@ -470,7 +500,7 @@ class VideoPredictor(Predictor):
                 if adaptive:
                     reason = self.adaptive.reason(measures)  # unreliable warp: redo as a keyframe
             if reason is not None:
-                outputs, self.state = self.model.inference_video(inputs, None, keyframe=True)
+                outputs, self.state = self._keyframe(inputs)
         self.last_was_keyframe = reason is not None
         self.last_reason, self.last_measures = reason, measures
         if self.last_was_keyframe:

@@ -33,23 +33,35 @@ __all__ = [
     "build_int8_onnx",
     "int8_model_path",
     "OnnxYolactModel",
+    "VIDEO_PARTS",
+    "DEFAULT_VIDEO_INT8_PARTS",
+    "calibration_pairs",
+    "build_video_int8_onnx",
+    "video_int8_model_paths",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Weight-name prefixes of the network's parts, most specific first.
+# Weight-name prefixes of the network's parts, most specific first (flow_net, spa: YolactEdge video).
 _PART_PREFIXES = (
     ("backbone", "model.backbone.bottom_up."),
     ("fpn", "model.backbone."),
     ("protonet", "model.protonet."),
     ("head", "model.head."),
+    ("flow_net", "model.flow_net."),
+    ("spa", "model.spa."),
 )
-PARTS = tuple(name for name, _ in _PART_PREFIXES)
+PARTS = ("backbone", "fpn", "protonet", "head")  # of an image model
+VIDEO_PARTS = PARTS + ("flow_net", "spa")
 # Chosen by measurement (README, "int8"): on the trained shapes model every part at int8 costs
 # no more AP than YolactEdge's backbone + protonet (segm 55.58 vs 55.54, fp32 55.72) and R50-550
 # runs ~1.2x faster with it (653 vs 806 ms, fp32 2289 ms, on a busy 2-core CPU). YolactEdge's
 # recipe stays one argument away: parts=("backbone", "protonet").
 DEFAULT_INT8_PARTS = PARTS
+# Video: the image default plus the flow net, which YolactEdge's vid config runs at int8
+# (torch2trt_flow_net_int8); SPA stays float as there (torch2trt_spa_int8=False). Not measured for
+# accuracy: no trained video model exists here (see the README's int8 video figures for speed).
+DEFAULT_VIDEO_INT8_PARTS = DEFAULT_INT8_PARTS + ("flow_net",)
 # Bump when what a cached int8 model holds changes for the same inputs (settings, graph layout).
 _CACHE_FORMAT = 2
 
@@ -71,30 +83,35 @@ def conv_parts(model) -> Dict[str, List[str]]:
     return found
 
 
-def _check_parts(parts: Iterable[str]) -> tuple:
+def _check_parts(parts: Iterable[str], known: Sequence[str] = PARTS) -> tuple:
     parts = tuple(parts)
-    unknown = [p for p in parts if p not in PARTS]
+    unknown = [p for p in parts if p not in known]
     if unknown:
-        raise ValueError(f"int8 parts must be among {', '.join(PARTS)}; got unknown {unknown}.")
+        raise ValueError(f"int8 parts must be among {', '.join(known)}; got unknown {unknown}.")
     if not parts:
         raise ValueError("int8 parts is empty: nothing would be quantized; use precision='fp32' instead.")
     return parts
 
 
-class _ImageReader:
-    """onnxruntime's CalibrationDataReader protocol over BGR uint8 images, one image a batch
-    (the graph resizes inside, so images of any size calibrate the same network input)."""
+def image_feed(image: np.ndarray) -> Dict[str, np.ndarray]:
+    """A BGR uint8 (H, W, 3) image as the exported graphs' "images" input (1, 3, H, W)."""
+    return {"images": np.ascontiguousarray(image.transpose(2, 0, 1))[None]}
 
-    def __init__(self, images: Sequence[np.ndarray]):
-        self._images = list(images)
+
+class _FeedReader:
+    """onnxruntime's CalibrationDataReader protocol over graph feeds ({input name: array}), one a
+    batch (the graph resizes inside, so images of any size calibrate the same network input)."""
+
+    def __init__(self, feeds: Sequence[Dict[str, np.ndarray]]):
+        self._feeds = list(feeds)
         self._next = 0
 
     def get_next(self):
-        if self._next >= len(self._images):
+        if self._next >= len(self._feeds):
             return None
-        image = self._images[self._next]
+        feed = self._feeds[self._next]
         self._next += 1
-        return {"images": np.ascontiguousarray(image.transpose(2, 0, 1))[None]}
+        return feed() if callable(feed) else feed  # a callable: built on demand (large video state)
 
     def rewind(self):
         self._next = 0
@@ -110,20 +127,24 @@ def quantize_onnx_int8(
 ) -> str:
     """Static QDQ quantization of an exported YOLACT: the Conv nodes of `parts` int8, the rest float.
 
-    calibration_images: BGR uint8 (H, W, 3) images (activation ranges: MinMax over them).
+    calibration_images: BGR uint8 (H, W, 3) images (activation ranges: MinMax over them), or, for
+        a graph with more inputs (YolactEdge's non-keyframe graph), feeds {input name: array} or
+        callables returning one.
     activation_type: "uint8" (measured faster here than "int8" with ORT on AVX512-VNNI) or "int8".
     Returns `out_path`.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    parts = _check_parts(parts)
+    parts = _check_parts(parts, VIDEO_PARTS)
     if activation_type not in ("uint8", "int8"):
         raise ValueError(f"activation_type must be 'uint8' or 'int8', got {activation_type!r}.")
     images = list(calibration_images)
     if not images:
         raise ValueError("quantize_onnx_int8: no calibration images; give at least one BGR uint8 image.")
     for i, image in enumerate(images):
+        if isinstance(image, dict) or callable(image):  # already a feed
+            continue
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
             raise ValueError(
                 f"quantize_onnx_int8: calibration image {i} must be a BGR uint8 (H, W, 3) array, got "
@@ -141,7 +162,7 @@ def quantize_onnx_int8(
     quantize_static(
         fp32_onnx_path,
         out_path,
-        _ImageReader(images),
+        _FeedReader([image if isinstance(image, dict) or callable(image) else image_feed(image) for image in images]),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["Conv"],  # Relu after a Conv fuses into it; nothing else goes int8
         nodes_to_quantize=chosen,
@@ -318,6 +339,12 @@ def int8_model_path(
 ) -> str:
     """Predictor / evaluation entry: the calibrated int8 ONNX for (config, weights, calibration),
     built or taken from the cache next to the weights. `model`: the Yolact with those weights."""
+    files, settings = _calibration_inputs(cfg, model_cfg, model, weights, calibration, num_images)
+    return build_int8_onnx(model, os.fspath(weights), files, settings, parts=parts)
+
+
+def _calibration_inputs(cfg, model_cfg, model, weights, calibration, num_images):
+    """(calibration files, the settings hashed with them) for the image and the video entries."""
     if weights is None:
         raise ValueError(
             "precision='int8' needs a weights file: the calibrated int8 model is cached next to it "
@@ -330,5 +357,90 @@ def int8_model_path(
     # instantiating the config (score_threshold=): hash them as the model holds them.
     post = getattr(model, "post_processor", None)
     post = {k: v for k, v in vars(post).items() if isinstance(v, (bool, int, float, str))} if post is not None else {}
-    settings = {"model": _config_fingerprint(model_cfg), "post_processor": post, "num_images": len(files)}
-    return build_int8_onnx(model, os.fspath(weights), files, settings, parts=parts)
+    return files, {"model": _config_fingerprint(model_cfg), "post_processor": post, "num_images": len(files)}
+
+
+# ------------------------------------------------------------------ YolactEdge video models
+CALIBRATION_INTERVAL = 5  # keyframe interval of a calibration sequence (official eval.py's)
+
+
+def calibration_pairs(images: Sequence[np.ndarray], sequence: bool, interval: int = CALIBRATION_INTERVAL):
+    """(keyframe, warped frame) pairs that calibrate the non-keyframe graph.
+
+    sequence=True (a folder: the frames of one video in name order): keyframes every `interval`
+    frames, each other frame paired with its last keyframe, as at run time. sequence=False (a
+    dataset's unrelated stills): each image with itself shifted a few pixels (a panning camera).
+    """
+    from yolact_d2.deploy.video_export import shifted
+
+    if not sequence:
+        return [(image, shifted(image)) for image in images]
+    pairs = [(images[k - k % interval], images[k]) for k in range(len(images)) if k % interval]
+    if not pairs:
+        raise ValueError(
+            f"int8 video calibration: a folder is read as one video's frames, keyframe every {interval}; "
+            f"{len(images)} frame(s) give no non-keyframe: give at least 2."
+        )
+    return pairs
+
+
+def build_video_int8_onnx(
+    model,
+    weights: str,
+    files: Sequence[str],
+    settings: Dict,
+    parts: Sequence[str] = DEFAULT_VIDEO_INT8_PARTS,
+    sequence: bool = False,
+    per_channel: bool = True,
+    activation_type: str = "uint8",
+):
+    """The int8 keyframe and non-keyframe graphs of a YolactEdge video model (weights loaded, eval):
+    (`<weights>.int8.<hash12>.keyframe.onnx`, `....warped.onnx`), reused when both exist, else
+    exported (folds `model`'s batch norms in place) and calibrated: the keyframe graph on the
+    images, the warped graph on `calibration_pairs` with the state the int8 keyframe graph gives
+    (what it sees at run time)."""
+    from yolact_d2.deploy.optimize import fold_batch_norm
+    from yolact_d2.deploy.video_export import OnnxVideoModel, export_video_onnx
+
+    parts = _check_parts(parts, VIDEO_PARTS)
+    settings = dict(settings, video=True, parts=list(parts), per_channel=per_channel,
+                    activation_type=activation_type, sequence=sequence, interval=CALIBRATION_INTERVAL)
+    base = int8_cache_path(weights, settings, files)[: -len(".onnx")]
+    paths = (base + ".keyframe.onnx", base + ".warped.onnx")
+    if all(os.path.isfile(p) for p in paths):
+        logger.info("int8: reusing the calibrated video graphs %s, %s", *paths)
+        return paths
+    logger.info("int8: calibrating the video graphs on %d images -> %s", len(files), paths)
+    fold_batch_norm(model)
+    size = int(getattr(model, "input_size", 550))
+    images = calibration_images(files)
+    with tempfile.TemporaryDirectory(prefix="yolact_int8_video_") as tmp:
+        key32, warped32 = export_video_onnx(
+            model, os.path.join(tmp, "keyframe.onnx"), os.path.join(tmp, "warped.onnx"), sample_size=(size, size)
+        )
+        partial = [p + ".partial" for p in paths]  # an interrupted build never looks like a cache hit
+        quantize_onnx_int8(key32, partial[0], images, per_channel, parts, activation_type)
+        runner = OnnxVideoModel(partial[0], warped32)
+        feeds = [lambda key=key, cur=cur: dict(image_feed(cur), **runner.state_feeds(key))
+                 for key, cur in calibration_pairs(images, sequence)]
+        quantize_onnx_int8(warped32, partial[1], feeds, per_channel, parts, activation_type)
+        for done, path in zip(partial, paths):
+            os.replace(done, path)
+    return paths
+
+
+def video_int8_model_paths(
+    cfg,
+    model_cfg,
+    model,
+    weights: Optional[str],
+    calibration: Optional[str] = None,
+    num_images: int = 100,
+    parts: Sequence[str] = DEFAULT_VIDEO_INT8_PARTS,
+):
+    """VideoPredictor entry: the calibrated int8 (keyframe, non-keyframe) graphs for (config,
+    weights, calibration), built or taken from the cache next to the weights. A calibration folder
+    is read as one video's frames (name order), the config's training images as stills."""
+    files, settings = _calibration_inputs(cfg, model_cfg, model, weights, calibration, num_images)
+    return build_video_int8_onnx(model, os.fspath(weights), files, settings, parts=parts,
+                                 sequence=calibration is not None)

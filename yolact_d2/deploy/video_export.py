@@ -2,7 +2,7 @@
 
     from yolact_d2.deploy.video_export import export_video_onnx, OnnxVideoModel
     export_video_onnx(model, "edge.keyframe.onnx", "edge.warped.onnx")
-    runner = OnnxVideoModel("edge.keyframe.onnx", "edge.warped.onnx", input_size=(550, 550))
+    runner = OnnxVideoModel("edge.keyframe.onnx", "edge.warped.onnx")
     instances, state = runner.keyframe(frame)        # frame: (H, W, 3) uint8 in the model's format
     instances, _ = runner.warped(next_frame, state)
 
@@ -43,6 +43,7 @@ __all__ = [
 
 STATE_NAMES = ("state_p4", "state_p5", "state_flow_feature")
 FLOW_NAMES = ("flow_current", "flow")
+INPUT_SIZE_KEY = "yolact_d2.input_size"  # metadata of both graphs: the network input "H,W" (motion units)
 CAMERA_SHIFT = (4, 6)  # (dy, dx) pixels: a panning camera's next frame (calibration, benchmarks)
 
 
@@ -120,15 +121,26 @@ def export_video_onnx(
     inputs.update(zip(STATE_NAMES, state))
     shapes = {"images": dims, **{name: None for name in STATE_NAMES}}
     export_wrapper(warped, inputs, warped_path, detections + FLOW_NAMES, shapes, opset)
+    for path in (keyframe_path, warped_path):
+        _set_metadata(path, {INPUT_SIZE_KEY: ",".join(map(str, key.net_size))})
     return keyframe_path, warped_path
+
+
+def _set_metadata(path: str, values: Dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(path)
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, path)
 
 
 class OnnxVideoModel:
     """Both graphs in onnxruntime: frames (H, W, 3) uint8 in the model's input_format -> Instances,
     the keyframe's state as a `KeyframeState` (torch tensors; features = [None, P4, P5])."""
 
-    def __init__(self, keyframe_path: str, warped_path: str, input_size: Tuple[int, int],
-                 providers: Sequence[str] = ("CPUExecutionProvider",)):
+    def __init__(self, keyframe_path: str, warped_path: str, providers: Sequence[str] = ("CPUExecutionProvider",)):
         import os
 
         import onnxruntime as ort
@@ -138,7 +150,13 @@ class OnnxVideoModel:
                 raise FileNotFoundError(f"OnnxVideoModel: '{path}' does not exist; make it with export_video_onnx.")
         self.sessions = {kind: ort.InferenceSession(path, providers=list(providers))
                          for kind, path in (("keyframe", keyframe_path), ("warped", warped_path))}
-        self.input_size = tuple(input_size)
+        size = self.sessions["keyframe"].get_modelmeta().custom_metadata_map.get(INPUT_SIZE_KEY)
+        if size is None:
+            raise ValueError(
+                f"OnnxVideoModel: '{keyframe_path}' has no {INPUT_SIZE_KEY} metadata; export it with "
+                "yolact_d2.deploy.video_export.export_video_onnx."
+            )
+        self.input_size = tuple(int(v) for v in size.split(","))
         self._outputs = {kind: [o.name for o in s.get_outputs()] for kind, s in self.sessions.items()}
 
     @staticmethod
