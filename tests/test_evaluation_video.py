@@ -1,0 +1,303 @@
+"""yolact_d2.evaluation.video / .flow: COCO AP over YolactEdge's keyframe phases, the feature-transfer
+measurement, the flow net's end-point error, and tools/train_net.py's dispatch to them.
+
+Oracles: hand-written YouTube-VIS jsons read by the real register_ytvis_instances and mapped by the
+real test mapper; a model double (an nn.Module with YolactEdge's inference_video signature) that
+returns each frame's ground truth, or a hand-made plan of true and false detections per warp
+distance, whose COCO AP is computed by hand (101-point interpolation) and by a brute-force AP loop
+written here; the official eval.py keyframe rule transcribed as a loop; hand-computed end-point
+errors; and, on the real YolactEdge model, an identity feature transfer (zero flow, no SPA), under
+which warped P4/P5 are the keyframe's own.
+"""
+import json
+import os
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.structures import BitMasks, Boxes, Instances
+from torch import nn
+
+from yolact_d2.data.video import register_ytvis_instances
+from yolact_d2.evaluation import (
+    FlowEPEEvaluator,
+    VideoEvaluator,
+    inference_on_flow_dataset,
+    inference_on_video_dataset,
+    keyframe_schedule,
+)
+
+H, W = 48, 64
+FP_BOX = [48.0, 2.0, 12.0, 10.0]  # XYWH, where no object of the hand-made clip ever goes
+
+
+# ---------------------------------------------------------------------------- data
+def rect(x, y, w, h):
+    return [[x, y, x + w, y, x + w, y + h, x, y + h]]
+
+
+def uncompressed_rle(x, y, w, h):
+    """YouTube-VIS's usual mask format: an uncompressed (column-major run lengths) RLE."""
+    m = np.zeros((H, W), np.uint8)
+    m[y:y + h, x:x + w] = 1
+    flat = m.flatten(order="F")
+    runs, value, count = [], 0, 0
+    for v in flat:
+        if v == value:
+            count += 1
+        else:
+            runs.append(count)
+            value, count = v, 1
+    runs.append(count)
+    return {"size": [H, W], "counts": runs}
+
+
+def write_ytvis(root, name, videos, categories, tracks):
+    """videos: {video_id: num_frames}; tracks: [(video_id, category_id, iscrowd, [segm or None per frame])].
+    Writes the frames (PNG, a seeded pattern that moves) and the json; returns the json path."""
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    js = {"videos": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in categories]}
+    for vid, n in videos.items():
+        names = [f"v{vid}/{t:05d}.png" for t in range(n)]
+        for t, fname in enumerate(names):
+            path = os.path.join(root, name, fname)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            img = np.full((H, W, 3), 100, np.uint8)
+            cv2.rectangle(img, (4 + 2 * t, 6), (20 + 2 * t, 30), (30, 200, 60), -1)
+            cv2.imwrite(path, img)
+        js["videos"].append({"id": vid, "file_names": names, "height": H, "width": W, "length": n})
+    for k, (vid, cat, crowd, segms) in enumerate(tracks):
+        bboxes = [None if s is None else [float(v) for v in mask_util.toBbox(_rle(s))] for s in segms]
+        js["annotations"].append({"id": 100 + k, "video_id": vid, "category_id": cat, "iscrowd": crowd,
+                                  "segmentations": segms, "bboxes": bboxes})
+    path = os.path.join(root, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(js, f)
+    return path
+
+
+def _rle(segm):
+    if isinstance(segm, list):
+        return mask_util.merge(mask_util.frPyObjects(segm, H, W))
+    if isinstance(segm["counts"], list):
+        return mask_util.frPyObjects(segm, H, W)
+    return segm
+
+
+def register(root, name, *args):
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        from detectron2.data import MetadataCatalog
+
+        MetadataCatalog.remove(name)
+    return register_ytvis_instances(name, write_ytvis(root, name, *args), os.path.join(root, name))
+
+
+HANDMADE_FRAMES = 10
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("ytvis"))
+    n = HANDMADE_FRAMES
+    # one class, two objects on every frame (A above B, both moving right)
+    handmade = register(root, "evalvid_handmade", {1: n}, [(7, "blob")], [
+        (1, 7, 0, [rect(2 + t, 4, 12, 16) for t in range(n)]),
+        (1, 7, 0, [rect(4 + t, 26, 12, 16) for t in range(n)]),
+    ])
+    # two videos (7 frames; 3 frames: shorter than the interval), json category ids 3 and 9, an
+    # object that leaves (nulls), an uncompressed-RLE track, a crowd, a frame without objects
+    mixed = register(root, "evalvid_mixed", {4: 7, 8: 3}, [(9, "square"), (3, "bar")], [
+        (4, 9, 0, [rect(2 + 3 * t, 4, 10, 10) if t < 5 else None for t in range(7)]),
+        (4, 3, 0, [uncompressed_rle(30, 20 + t, 20, 6) for t in range(7)]),
+        (4, 3, 1, [rect(0, 38, 60, 8) if t in (1, 2) else None for t in range(7)]),
+        (8, 9, 0, [rect(5, 5, 8, 8), None, rect(9, 5, 8, 8)]),
+    ])
+    return {"handmade": handmade, "mixed": mixed}
+
+
+# ---------------------------------------------------------------------------- model doubles
+def instances(boxes_xywh, classes, scores, segms):
+    inst = Instances((H, W))
+    xyxy = [[x, y, x + w, y + h] for x, y, w, h in boxes_xywh]
+    inst.pred_boxes = Boxes(torch.tensor(xyxy, dtype=torch.float32).reshape(-1, 4))
+    inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
+    inst.scores = torch.tensor(scores, dtype=torch.float32)
+    masks = [mask_util.decode(_rle(s)).astype(bool) for s in segms]
+    inst.pred_masks = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, H, W), dtype=torch.bool)
+    return inst
+
+
+def ground_truth(record, distance):
+    anns = [a for a in record["annotations"] if not a["iscrowd"]]
+    return instances([a["bbox"] for a in anns], [a["category_id"] for a in anns], [1.0] * len(anns),
+                     [a["segmentation"] for a in anns])
+
+
+# Per warp distance (0: keyframe or lead-in): which detections, at which score.
+PLAN = {0: [("A", 1.0), ("B", 1.0)], 1: [("A", 0.9), ("FP", 0.8)], 2: [("FP", 0.95), ("A", 0.9), ("B", 0.9)],
+        3: [("FP", 0.95), ("A", 0.9)], 4: []}
+
+
+def planned(record, distance):
+    a, b = sorted(record["annotations"], key=lambda ann: ann["bbox"][1])  # A is the upper object
+    objects = {"A": (a["bbox"], a["segmentation"]), "B": (b["bbox"], b["segmentation"]),
+               "FP": (FP_BOX, rect(*FP_BOX))}
+    chosen = PLAN[distance]
+    return instances([objects[o][0] for o, _ in chosen], [0] * len(chosen), [s for _, s in chosen],
+                     [objects[o][1] for o, _ in chosen])
+
+
+class VideoModelDouble(nn.Module):
+    """inference_video(batched_inputs, state, keyframe) that answers from the dataset's records:
+    its state is (video_id, frame) of the keyframe, so the warp distance is known and checked."""
+
+    is_video_model = True
+
+    def __init__(self, dataset_name, predict):
+        super().__init__()
+        self.records = {r["file_name"]: r for r in DatasetCatalog.get(dataset_name)}
+        self.predict = predict
+        self.calls = []
+
+    def inference_video(self, batched_inputs, state=None, keyframe=True):
+        (inp,) = batched_inputs
+        assert inp["image"].shape == (3, H, W)  # what the real test mapper read from the file
+        record = self.records[inp["file_name"]]
+        t = record["video_frame_idx"]
+        if keyframe:
+            state = (record["video_id"], t)
+        assert state is not None and state[0] == record["video_id"], "warped from another video's keyframe"
+        distance = t - state[1]
+        self.calls.append((record["video_id"], t, keyframe, distance))
+        return [{"instances": self.predict(record, distance)}], state
+
+
+def evaluate(dataset_name, predict, interval=5):
+    model = VideoModelDouble(dataset_name, predict)
+    evaluator = VideoEvaluator(dataset_name, keyframe_interval=interval, measure_features=False)
+    return inference_on_video_dataset(model, evaluator), model
+
+
+def ap101(detections, num_gt):
+    """Brute force: COCO's 101-point interpolated AP (x100) of [(score, is_true)] against num_gt."""
+    detections = sorted(detections, key=lambda d: -d[0])
+    tp = fp = 0
+    points = []
+    for _, true in detections:
+        tp, fp = tp + true, fp + (not true)
+        points.append((tp / num_gt, tp / (tp + fp)))
+    total = 0.0
+    for r in np.linspace(0, 1, 101):
+        reachable = [p for rec, p in points if rec >= r - 1e-12]
+        total += max(reachable) if reachable else 0.0
+    return 100 * total / 101
+
+
+# ---------------------------------------------------------------------------- the schedule
+def official_passes(num_frames, interval):
+    """Official eval.py, transcribed: per pass, keyframe if frame % stride == pass or no keyframe
+    was met yet; else warped from the last keyframe. -> [(pass, frame, is_key, distance)]."""
+    out = []
+    for pass_idx in range(interval):
+        meet, last_key = False, None
+        for t in range(num_frames):
+            if t % interval == pass_idx or not meet:
+                if t % interval == pass_idx:
+                    meet = True
+                last_key = t
+                out.append((pass_idx, t, True, 0))
+            else:
+                out.append((pass_idx, t, False, t - last_key))
+    return out
+
+
+def test_schedule_matches_the_official_rule():
+    for interval in range(1, 7):
+        for n in range(0, 13):
+            ours = [(p, t, kind != "warped", d) for p in range(interval)
+                    for t, (kind, d) in enumerate(keyframe_schedule(n, p, interval))]
+            assert ours == official_passes(n, interval), (n, interval)
+            scheduled = sorted(t for p in range(interval) for t, (k, _) in enumerate(keyframe_schedule(n, p, interval))
+                               if k == "keyframe")
+            assert scheduled == list(range(n))  # each frame once a scheduled keyframe
+            for d in range(1, interval):  # and once at each distance d it can be warped from
+                warped = sorted(t for p in range(interval) for t, (k, dd) in
+                                enumerate(keyframe_schedule(n, p, interval)) if k == "warped" and dd == d)
+                assert warped == list(range(d, n))
+            lead = [t for p in range(interval) for t, (k, _) in enumerate(keyframe_schedule(n, p, interval))
+                    if k == "lead_in"]
+            assert all(t < interval - 1 for t in lead)
+    with pytest.raises(ValueError, match="phase"):
+        keyframe_schedule(4, 5, 5)
+
+
+def test_runner_plays_every_pass_in_order(datasets):
+    """The calls the runner makes on the model are exactly the official passes, video by video."""
+    _, model = evaluate(datasets["mixed"], ground_truth)
+    want = [(vid, t, key, d) for vid, n in ((4, 7), (8, 3)) for _, t, key, d in official_passes(n, 5)]
+    assert model.calls == want
+
+
+# ---------------------------------------------------------------------------- AP
+def test_ground_truth_gives_100_in_every_table(datasets):
+    results, _ = evaluate(datasets["mixed"], ground_truth)
+    tables = ["", "_keyframe", "_warp1", "_warp2", "_warp3", "_warp4"]
+    assert set(results) == {task + s for task in ("bbox", "segm") for s in tables}
+    for key, res in results.items():
+        assert res["AP"] == pytest.approx(100.0), key
+        assert res["AP-square"] == pytest.approx(100.0) and res["AP-bar"] == pytest.approx(100.0), key
+
+
+def test_handmade_case_gives_the_hand_computed_ap(datasets):
+    results, _ = evaluate(datasets["handmade"], planned)
+    n = HANDMADE_FRAMES
+    hand = {
+        "_keyframe": 100.0,
+        "_warp1": 100 * 51 / 101,  # TP 0.9, FP 0.8 per frame: precision 1 up to recall 1/2
+        "_warp2": 100 * 2 / 3,  # FP 0.95 before both TPs: precision 2/3 at every recall
+        "_warp3": 100 * 0.5 * 51 / 101,  # FP 0.95, TP 0.9: precision 1/2 up to recall 1/2
+        "_warp4": 0.0,  # nothing detected
+        # all passes: 20 keyframe passes (10 scheduled + 10 lead-in) with 40 TPs at 1.0, then 15 FPs
+        # at 0.95, 32 TPs at 0.9 (recall 0.72, precision 72/87), 9 FPs at 0.8; 100 objects
+        "": 100 * (41 + 32 * 72 / 87) / 101,
+    }
+    for suffix, want in hand.items():
+        for task in ("bbox", "segm"):
+            assert results[task + suffix]["AP"] == pytest.approx(want, abs=1e-6), task + suffix
+    # the same numbers from the brute-force AP loop, built from the plan and the schedule
+    passes = official_passes(n, 5)
+    for suffix, keep in {"": lambda p, t, k, d: True, "_keyframe": lambda p, t, k, d: k and t % 5 == p,
+                         **{f"_warp{w}": (lambda w: lambda p, t, k, d: not k and d == w)(w) for w in range(1, 5)}}.items():
+        chosen = [d for p, t, k, d in passes if keep(p, t, k, d)]
+        dets = [(score, obj != "FP") for d in chosen for obj, score in PLAN[d]]
+        assert results["segm" + suffix]["AP"] == pytest.approx(ap101(dets, 2 * len(chosen)), abs=1e-6), suffix
+
+
+def test_recomputation_mode_scores_every_frame_once_as_keyframe(datasets):
+    results, model = evaluate(datasets["handmade"], planned, interval=1)
+    assert set(results) == {"bbox", "segm", "bbox_keyframe", "segm_keyframe"}
+    assert all(key for _, _, key, _ in model.calls) and len(model.calls) == HANDMADE_FRAMES
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_errors_name_the_problem(datasets):
+    with pytest.raises(ValueError, match="keyframe_interval"):
+        VideoEvaluator(datasets["handmade"], keyframe_interval=0)
+
+    class ImageModel(VideoModelDouble):
+        is_video_model = False
+
+    image_model = ImageModel(datasets["handmade"], ground_truth)
+    with pytest.raises(ValueError, match="keyframe_interval=1"):
+        inference_on_video_dataset(image_model, VideoEvaluator(datasets["handmade"], measure_features=False))
+    with pytest.raises(TypeError, match="inference_video"):
+        inference_on_video_dataset(nn.Linear(1, 1), VideoEvaluator(datasets["handmade"]))
+    evaluator = VideoEvaluator(datasets["handmade"], measure_features=False)
+    evaluator.reset()
+    record = DatasetCatalog.get(datasets["handmade"])[0]
+    with pytest.raises(ValueError, match="inference_on_video_dataset"):
+        evaluator.process([dict(record)], [{"instances": ground_truth(record, 0)}])
