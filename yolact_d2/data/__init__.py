@@ -1,5 +1,5 @@
 """Data: SSD augmentation as Detectron2 Augmentations, the YOLACT dataset mapper, the synthetic
-shapes dataset, COCO-format dataset registration, video data (.flo, FlyingChairs, YouTube-VIS,
+shapes image set and moving-shapes video set, COCO-format dataset registration, video data (.flo, FlyingChairs, YouTube-VIS,
 the frame-pair mapper), the train loader and the pre-training checks."""
 from .augmentations import (
     YOLACT_MEAN_BGR,
@@ -15,8 +15,10 @@ from .datasets import check_coco_json, register_coco_dataset
 from .loaders import build_yolact_train_loader
 from .mapper import AnnotationError, ImageReadError, YolactDatasetMapper
 from .shapes import generate_shapes_dataset, prepare_shapes, register_shapes
+from .moving_shapes import MovingShapesFlow, generate_moving_shapes_dataset, prepare_moving_shapes
 from .video import (
     FloFileError,
+    VideoPairMapper,
     load_ytvis_json,
     read_flo,
     register_flying_chairs,
@@ -43,7 +45,11 @@ __all__ = [
     "generate_shapes_dataset",
     "prepare_shapes",
     "register_shapes",
+    "MovingShapesFlow",
+    "generate_moving_shapes_dataset",
+    "prepare_moving_shapes",
     "FloFileError",
+    "VideoPairMapper",
     "load_ytvis_json",
     "read_flo",
     "register_flying_chairs",

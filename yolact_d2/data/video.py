@@ -12,6 +12,7 @@ code uses) is not on the registry; records are one Detectron2 dict per annotated
 video's frame list, so reference frames (also unannotated ones) can be picked by the mapper.
 """
 import collections
+import copy
 import functools
 import json
 import logging
@@ -21,9 +22,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util
+import torch
+from detectron2.data import transforms as T
+from fvcore.transforms.transform import NoOpTransform, TransformList
 
+from .augmentations import InstanceAugInput, YolactResize
 from .datasets import category_metadata, read_coco_categories, register_dataset
-from .mapper import AnnotationError, check_polygons, check_rle
+from .mapper import AnnotationError, ImageReadError, YolactDatasetMapper, check_polygons, check_rle
 
 __all__ = [
     "FloFileError",
@@ -35,6 +40,8 @@ __all__ = [
     "check_ytvis_json",
     "load_ytvis_json",
     "register_ytvis_instances",
+    "transform_flow",
+    "VideoPairMapper",
 ]
 
 logger = logging.getLogger(__name__)
@@ -448,3 +455,193 @@ def register_ytvis_instances(name, json_file, image_root, metadata=None, all_fra
     meta.update(metadata or {})
     loader = functools.partial(load_ytvis_json, json_file, image_root, name, all_frames_root)
     return register_dataset(name, loader, meta)
+
+
+# ----------------------------------------------------------------------------- frame-pair mapper
+def _steps(transforms):
+    """The flat list of a Transform / TransformList's steps."""
+    if transforms is None:
+        return []
+    if isinstance(transforms, TransformList):
+        return [s for t in transforms.transforms for s in _steps(t)]
+    return [transforms]
+
+
+def _linear_part(t, h, w):
+    """The (2, 2) Jacobian of a transform's coordinate map (exact for the affine ones: resize,
+    flip, crop, pad), and whether that map is the identity."""
+    p = np.array([[0.37 * w, 0.61 * h], [0.37 * w + 1, 0.61 * h], [0.37 * w, 0.61 * h + 1]], np.float64)
+    q = np.asarray(t.apply_coords(p.copy()), np.float64)
+    jacobian = np.stack([q[1] - q[0], q[2] - q[0]], axis=1)
+    return jacobian, np.allclose(q, p)
+
+
+def transform_flow(transforms, flow):
+    """Apply the geometric part of `transforms` (what was applied to both frames) to a backward
+    flow (H, W, 2) in pixels, NaN where unknown. Each step resamples the field like the image
+    (t.apply_image per channel: bilinear for resizes, exact for flips / crops / pads) and maps
+    the vectors by the step's Jacobian (a resize by (sx, sy) scales (u, v) by (sx, sy), a
+    horizontal flip negates u, crops and pads keep them). Pixels that do not come from known flow
+    (padding; bilinear neighbours of unknown pixels) are NaN. Steps that leave coordinates alone
+    (photometric ones) are skipped. Returns float32 (H', W', 2)."""
+    flow = np.asarray(flow, np.float32)
+    for t in _steps(transforms):
+        if isinstance(t, NoOpTransform):
+            continue
+        h, w = flow.shape[:2]
+        jacobian, identity = _linear_part(t, h, w)
+        known = ~np.isnan(flow).any(axis=2)
+        label = t.apply_segmentation(known.astype(np.uint8))
+        if identity and label.shape == (h, w):
+            continue  # photometric: colours only
+        # apply_image may fill padding with an image colour: `label` (segmentation fill 0) and the
+        # resampled indicator (1 only where every contributing pixel is known) say what is known.
+        weight = t.apply_image(known.astype(np.float32))
+        filled = np.where(known[..., None], flow, 0.0).astype(np.float32)
+        field = np.stack([t.apply_image(np.ascontiguousarray(filled[..., c])) for c in range(2)], axis=2)
+        field = field.astype(np.float32) @ jacobian.T.astype(np.float32)
+        field[~((label > 0) & (np.abs(weight - 1.0) < 1e-4))] = np.nan
+        flow = field.astype(np.float32)
+    return flow
+
+
+def _resize_steps(augmentations):
+    """The resize-type augmentations of a list (what eval mode keeps)."""
+    return [a for a in augmentations if isinstance(a, (YolactResize, T.Resize, T.ResizeShortestEdge))]
+
+
+class VideoPairMapper(YolactDatasetMapper):
+    """A (reference, target) frame pair under one augmentation, for YolactEdge.
+
+    Returns the dict YolactDatasetMapper gives for the target frame (``image`` uint8 (3, H, W),
+    ``instances``, ``crowd_boxes``, ``height``, ``width``, ``file_name``, ``image_id``, ... ; in
+    eval mode no instances) plus:
+
+    - ``reference_image``: uint8 (3, H, W), the frame `k` earlier in ``video_frames`` (k uniform in
+      `reference_gap`, inclusive, clipped to the clip's first frame) under the SAME transforms as
+      the target (the TransformList the target was augmented with, photometric parameters
+      included, is re-applied to it);
+    - ``frame_gap``: the k actually used (0: the target is the clip's first frame, the reference is
+      the target itself); 1 for a FlyingChairs pair;
+    - ``flow`` (when a flow is known): float32 (2, H, W), backward flow in pixels of the mapped
+      image (``target(x, y) ~= reference(x + u, y + v)``), transformed with the same geometry
+      (transform_flow); NaN where unknown.
+
+    Records: YouTube-VIS records (register_ytvis_instances; ``video_frames`` and
+    ``video_frame_idx``); records without ``video_frames`` pair the image with itself (gap 0);
+    FlyingChairs records (``flow_file``: ``file_name`` = img1 = target, ``reference_file_name`` =
+    img2) map to ``image``, ``reference_image``, ``flow`` only.
+
+    Args:
+        is_train: augment with `augmentations` and build targets; in eval mode only the resize-type
+            ones among `augmentations` are applied, and the gap is deterministic (cycling through
+            `reference_gap` with the record's image_id), so validation pairs are reproducible.
+        augmentations, image_format, mask_format, num_classes, **kwargs: as YolactDatasetMapper
+            (e.g. build_ssd_augmentation(size)).
+        reference_gap: (lo, hi) frames between reference and target (official fine-tuning: 2, 5).
+        flow_source: None, or a callable ``flow_source(reference_index, target_record)`` ->
+            float32 (H, W, 2) backward flow from frame ``target_record["video_frames"]
+            [reference_index]`` to the target, in pixels of the original frames (H, W = the
+            record's height, width), NaN where unknown; or None when it does not know that pair
+            (the output then has no ``flow``). It must be picklable (DataLoader workers). Not
+            called for gap 0: the flow is then exactly zero.
+    """
+
+    def __init__(self, is_train=True, augmentations=(), image_format="BGR", mask_format="bitmask",
+                 num_classes=None, reference_gap=(2, 5), flow_source=None, **kwargs):
+        if isinstance(augmentations, T.AugmentationList):
+            augmentations = augmentations.augs
+        augmentations = list(augmentations or [])
+        if not is_train:
+            augmentations = _resize_steps(augmentations)
+        super().__init__(is_train, augmentations, image_format, mask_format, num_classes, **kwargs)
+        lo, hi = (int(v) for v in reference_gap)
+        if not 0 <= lo <= hi:
+            raise ValueError(f"VideoPairMapper: reference_gap must be (lo, hi) with 0 <= lo <= hi, got "
+                             f"{tuple(reference_gap)}.")
+        if flow_source is not None and not callable(flow_source):
+            raise TypeError(f"VideoPairMapper: flow_source must be a callable(reference_index, "
+                            f"target_record) or None, got {type(flow_source).__name__}.")
+        self.reference_gap = (lo, hi)
+        self.flow_source = flow_source
+
+    # ------------------------------------------------------------------ reference frame
+    def _pick_reference(self, record):
+        """(index of the reference in video_frames, gap) for a video record."""
+        position = int(record.get("video_frame_idx", record.get("frame_idx", 0)))
+        lo, hi = self.reference_gap
+        if self.is_train:
+            k = int(np.random.randint(lo, hi + 1))
+        else:
+            k = lo + int(record.get("image_id", 0)) % (hi - lo + 1)
+        reference = max(0, position - k)
+        return reference, position - reference
+
+    def _read_reference(self, path, record, what):
+        try:
+            return self._read_image(dict(file_name=path, height=record.get("height"),
+                                         width=record.get("width"), image_id=record.get("image_id")))
+        except ImageReadError as e:
+            raise ImageReadError(f"{what} of {record.get('file_name')!r} (video_id="
+                                 f"{record.get('video_id')}): {e}") from e
+
+    def _flow_of(self, reference_index, gap, record):
+        if gap == 0:
+            return np.zeros((record["height"], record["width"], 2), np.float32)
+        if "flow_file" in record:
+            flow = read_flo(record["flow_file"])
+            source = f"flow file {record['flow_file']!r}"
+        elif self.flow_source is not None:
+            flow = self.flow_source(reference_index, record)
+            source = f"flow_source {self.flow_source!r}"
+        else:
+            return None
+        if flow is None:
+            return None
+        flow = np.asarray(flow, np.float32)
+        expected = (record.get("height"), record.get("width"), 2)
+        if flow.shape != expected:
+            raise ValueError(f"{source} gave a flow of shape {flow.shape} for {record.get('file_name')!r}; "
+                             f"expected (height, width, 2) = {expected}, backward flow at the frame's size.")
+        return flow
+
+    # ------------------------------------------------------------------ main
+    def __call__(self, record):
+        if "flow_file" in record:
+            return self._map_flow_pair(record)
+        if record.get("video_frames"):
+            reference_index, gap = self._pick_reference(record)
+        else:
+            reference_index, gap = None, 0
+        out, transforms = self.map_with_transforms(record)
+        if out is None:
+            return None
+        if gap == 0:
+            reference = np.ascontiguousarray(out["image"].numpy().transpose(1, 2, 0))
+        else:
+            path = record["video_frames"][reference_index]
+            reference = transforms.apply_image(self._read_reference(
+                path, record, f"reference frame {path!r} ({gap} frames before)"))
+        out["reference_image"] = torch.as_tensor(np.ascontiguousarray(reference.transpose(2, 0, 1)))
+        out["frame_gap"] = gap
+        if gap == 0 and self.flow_source is None:
+            return out
+        flow = self._flow_of(reference_index, gap, record)
+        if flow is not None:
+            out["flow"] = torch.from_numpy(np.ascontiguousarray(transform_flow(transforms, flow).transpose(2, 0, 1)))
+        return out
+
+    def _map_flow_pair(self, record):
+        """A FlyingChairs-type record: image (img1, target), reference_image (img2), flow."""
+        out = copy.deepcopy(record)
+        image = self._read_image(out)
+        reference = self._read_reference(record["reference_file_name"], record, "reference image (img2)")
+        flow = self._flow_of(None, 1, record)
+        aug_input = InstanceAugInput(image, np.zeros((0, 4)), np.zeros(0, bool))
+        transforms = self.augmentations(aug_input)
+        out["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        out["reference_image"] = torch.as_tensor(
+            np.ascontiguousarray(transforms.apply_image(reference).transpose(2, 0, 1)))
+        out["flow"] = torch.from_numpy(np.ascontiguousarray(transform_flow(transforms, flow).transpose(2, 0, 1)))
+        out["frame_gap"] = 1
+        return out
