@@ -1,6 +1,6 @@
 """Data: SSD augmentation as Detectron2 Augmentations, the YOLACT dataset mapper, the synthetic
-shapes image set and moving-shapes video set, COCO-format dataset registration, video data (.flo, FlyingChairs, YouTube-VIS,
-the frame-pair mapper), the train loader and the pre-training checks."""
+shapes image set and moving-shapes video set, COCO-format dataset registration, video data (.flo,
+FlyingChairs, YouTube-VIS, the frame-pair mapper), the train loader and the pre-training checks."""
 from .augmentations import (
     YOLACT_MEAN_BGR,
     InstanceAugInput,

@@ -1,0 +1,67 @@
+"""Synthetic moving-shapes video dataloaders (LazyConfig piece), registered as moving_shapes_train /
+moving_shapes_val (YouTube-VIS records: one per frame, with the clip's frame list).
+
+Train: (reference, target) frame pairs from VideoPairMapper, the reference 2-5 frames earlier (the
+official YolactEdge gap), both under the same flip and resize, with the EXACT flow between them
+(MovingShapesFlow renders it from the clip's motion record) as `flow`. Test: the val frames one by
+one, as the image loaders give them; the video evaluation plays whole clips (the 5 keyframe
+phases) and is chosen by the experiment config (dataloader.evaluator is not set here).
+
+Loading this config writes nothing: the set is generated under moving_shapes_default_root()
+($DETECTRON2_DATASETS/moving_shapes, else ~/.cache/yolact_d2/datasets/moving_shapes) when a split is
+first read (~10 s; skipped when the folder already holds it with the same parameters). Class names
+are in MetadataCatalog right away.
+
+To change the data, set MOVING_SHAPES in your experiment config and call prepare_moving_shapes
+again, e.g.
+    prepare_moving_shapes(moving_shapes_default_root(), **dict(MOVING_SHAPES, num_train_clips=200))
+"""
+from detectron2.config import LazyCall as L
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import transforms as T
+from omegaconf import OmegaConf
+
+from yolact_d2.data import YolactDatasetMapper
+from yolact_d2.data.augmentations import YolactResize
+from yolact_d2.data.loaders import build_yolact_train_loader
+from yolact_d2.data.moving_shapes import (
+    moving_shapes_default_root,
+    moving_shapes_flow_source,
+    prepare_moving_shapes,
+)
+from yolact_d2.data.shapes import DEFAULT_KINDS
+from yolact_d2.data.video import VideoPairMapper
+
+# ~10 s to generate; sized for the README's video command (flow pre-training, fine-tuning and the
+# 5-phase evaluation on a 2-core CPU).
+MOVING_SHAPES = dict(num_train_clips=80, num_val_clips=10, num_frames=20, image_size=128, seed=0)
+NUM_CLASSES = len(DEFAULT_KINDS)  # circle, rectangle, triangle, star: the shapes set's classes
+INPUT_SIZE = MOVING_SHAPES["image_size"]
+prepare_moving_shapes(moving_shapes_default_root(), **MOVING_SHAPES)  # registers; generates on first read
+
+dataloader = OmegaConf.create()
+
+dataloader.train = L(build_yolact_train_loader)(
+    # Frames where every object is out or hidden are no targets, but stay reachable as references.
+    dataset=L(get_detection_dataset_dicts)(names="moving_shapes_train", filter_empty=True),
+    mapper=L(VideoPairMapper)(
+        is_train=True,
+        augmentations=[
+            L(T.RandomFlip)(prob=0.5, horizontal=True, vertical=False),
+            L(YolactResize)(size=INPUT_SIZE),
+        ],
+        image_format="BGR",
+        mask_format="bitmask",  # the masks are RLE
+        num_classes=NUM_CLASSES,
+        reference_gap=(2, 5),
+        flow_source=L(moving_shapes_flow_source)(dataset_name="${...dataset.names}"),
+    ),
+    total_batch_size=8,
+    num_workers=1,
+)
+
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="moving_shapes_val", filter_empty=False),
+    mapper=L(YolactDatasetMapper)(is_train=False, augmentations=[], image_format="BGR"),
+    num_workers=1,
+)
