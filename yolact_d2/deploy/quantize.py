@@ -63,7 +63,7 @@ DEFAULT_INT8_PARTS = PARTS
 # accuracy: no trained video model exists here (see the README's int8 video figures for speed).
 DEFAULT_VIDEO_INT8_PARTS = DEFAULT_INT8_PARTS + ("flow_net",)
 # Bump when what a cached int8 model holds changes for the same inputs (settings, graph layout).
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3  # 3: the int8 graph is the network alone (deploy.network_graph)
 
 
 def _part_of(weight_name: str) -> Optional[str]:
@@ -256,10 +256,10 @@ def build_int8_onnx(
     activation_type: str = "uint8",
 ) -> str:
     """The int8 ONNX of `model` (a Yolact, weights loaded, eval) for `weights`: the cached file
-    when its hash matches, else export fp32 ONNX (folds `model`'s batch norms in place), quantize,
-    save. `settings`:
+    when its hash matches, else export the network's fp32 ONNX (folds `model`'s batch norms in
+    place; deploy.network_graph: pre/post-processing stay in PyTorch), quantize, save. `settings`:
     what else defines the model (e.g. the config dump) for the hash."""
-    from yolact_d2.deploy.onnx import export_onnx
+    from yolact_d2.deploy.network_graph import export_network_onnx, network_feed
     from yolact_d2.deploy.optimize import fold_batch_norm
 
     parts = _check_parts(parts)
@@ -271,45 +271,22 @@ def build_int8_onnx(
     logger.info("int8: calibrating on %d images -> %s", len(files), path)
     fold_batch_norm(model)
     with tempfile.TemporaryDirectory(prefix="yolact_int8_") as tmp:
-        size = int(getattr(model, "input_size", 550))
-        fp32 = export_onnx(model, os.path.join(tmp, "fp32.onnx"), sample_size=(size, size), sample_batch=1)
+        fp32 = export_network_onnx(model, os.path.join(tmp, "fp32.onnx"))
         partial = path + ".partial"  # an interrupted build never looks like a cache hit
-        quantize_onnx_int8(fp32, partial, calibration_images(files), per_channel, parts, activation_type)
+        # Preprocessed on demand (a 550x550 float feed is 3.6 MB; 100 of them need not coexist).
+        feeds = [lambda image=image: network_feed(model, image) for image in calibration_images(files)]
+        quantize_onnx_int8(fp32, partial, feeds, per_channel, parts, activation_type)
         os.replace(partial, path)
     return path
 
 
-class OnnxYolactModel:
-    """A Detectron2-style model (list of {"image", "height", "width"} -> [{"instances"}]) over an
-    exported YOLACT in onnxruntime, for Detectron2's inference_on_dataset (evaluation at int8)."""
+def OnnxYolactModel(path: str, model):
+    """A Detectron2-style model (list of {"image", "height", "width"} -> [{"instances"}]) for
+    Detectron2's inference_on_dataset at int8: `model`'s pre/post-processing around the int8
+    network graph at `path` (deploy.network_graph.OnnxNetworkYolact)."""
+    from yolact_d2.deploy.network_graph import OnnxNetworkYolact
 
-    def __init__(self, path: str):
-        from yolact_d2.deploy.onnx import OnnxPredictor
-
-        # The loader's images are already in the model's input_format, which is what the graph takes.
-        self.runner = OnnxPredictor(path, input_format="BGR")
-        self.training = False
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        if mode:
-            raise RuntimeError("OnnxYolactModel runs inference only.")
-        return self
-
-    def __call__(self, inputs):
-        outputs = []
-        for item in inputs:
-            image = item["image"].permute(1, 2, 0).cpu().numpy()  # (H, W, 3) uint8, the model's format
-            size = (item.get("height", image.shape[0]), item.get("width", image.shape[1]))
-            if size != tuple(image.shape[:2]):
-                raise ValueError(
-                    f"OnnxYolactModel: input image is {image.shape[:2]} but height/width say {size}; the "
-                    "exported graph resizes by itself, so the test mapper must not resize (augmentations=[])."
-                )
-            outputs.append({"instances": self.runner(np.ascontiguousarray(image))})
-        return outputs
+    return OnnxNetworkYolact(path, model)
 
 
 def _config_fingerprint(model_cfg) -> str:

@@ -262,6 +262,14 @@ class Yolact(nn.Module):
         """FPN features -> protonet / head -> Fast NMS -> Instances (what `inference` does after
         the backbone; YolactEdge feeds it warped features)."""
         predictions, priors = self._predict_from_features(feats, images.tensor)
+        return self.inference_from_predictions(predictions, priors, images, batched_inputs)
+
+    @torch.no_grad()
+    def inference_from_predictions(
+        self, predictions: Dict[str, torch.Tensor], priors: torch.Tensor, images: ImageList, batched_inputs: List[Dict]
+    ) -> List[Dict[str, Instances]]:
+        """Network outputs (loc, conf, coef, proto) -> softmax, decode, Fast NMS, masks -> Instances:
+        the one post-processing, also of the int8 network run by ONNX Runtime (deploy.quantize)."""
         conf = F.softmax(predictions["conf"], dim=-1)  # (B, P, C+1)
         boxes = decode_boxes(predictions["loc"], priors)  # (B, P, 4) relative XYXY
         input_size = tuple(images.tensor.shape[-2:])
