@@ -27,6 +27,7 @@ from yolact_d2.checkpoint.mismatch import StateDictDiff, WeightsMismatchError
 from yolact_d2.checkpoint.safe_load import checkpoint_meta, load_checkpoint_file, model_state_from
 from yolact_d2.deploy.optimize import optimize_for_inference
 from yolact_d2.deploy.precision import PrecisionError, apply_precision, check_precision
+from yolact_d2.deploy.realtime import RealtimeEngine, resolve_fast_path
 
 __all__ = ["Predictor", "VideoPredictor", "load_model_config", "load_weights", "WeightsMismatchError"]
 
@@ -210,6 +211,12 @@ class Predictor:
             "protonet", "head" (None: yolact_d2.deploy.quantize.DEFAULT_INT8_PARTS); the others
             stay float32.
         fp16: alias of precision="fp16" (older API).
+        fast_path: the real-time path of yolact_d2.deploy.realtime (the network, Fast NMS and mask
+            assembly as one fixed-shape graph per input size, captured in a CUDA graph, frames
+            uploaded from pinned memory, one small device-to-host read per call). None (default):
+            on for CUDA devices, off on the CPU and for int8; True / False; or a dict of
+            RealtimeEngine options, e.g. {"cuda_graphs": False} or {"compile": True}. Same
+            detections as the eager path (fp32 on the CPU: bit for bit).
 
     Call with one (H, W, 3) uint8 BGR numpy image -> `Instances` (pred_boxes, scores,
     pred_classes, pred_masks (N, H, W) bool) at the image's size; with a list of images -> a list
@@ -229,6 +236,7 @@ class Predictor:
         precision: str = "fp32",
         calibration: Optional[str] = None,
         int8_parts: Optional[Sequence[str]] = None,
+        fast_path=None,
     ):
         self.cfg, model_cfg = load_model_config(config, opts)
         if device is None:
@@ -242,6 +250,7 @@ class Predictor:
             raise ValueError("Predictor: fp16=True needs a CUDA device (CPU float16 convs are slow and inexact).")
         self.precision = check_precision("fp16" if fp16 else precision, self.device)
         self.fp16 = self.precision == "fp16"
+        fast_path_options = resolve_fast_path(fast_path, self.device, self.precision)  # bad values fail early
         model = instantiate(model_cfg)
         if not isinstance(model, nn.Module):
             raise TypeError(f"Predictor: the config's model instantiates to {type(model).__name__}, not a torch module.")
@@ -262,6 +271,11 @@ class Predictor:
         apply_precision(model, self.precision)
         self.model = model
         self.input_format = getattr(model, "input_format", "BGR")
+        self.fast_path: Optional[RealtimeEngine] = None
+        if fast_path_options is not None:
+            self.fast_path = RealtimeEngine(
+                model, input_format=self.input_format, precision=self.precision, **fast_path_options
+            )
         self.metadata = _metadata_for(self.cfg, int(getattr(model, "num_classes", 0)), meta.get("thing_classes"))
 
     def _check_model(self, model: nn.Module) -> None:
@@ -290,6 +304,9 @@ class Predictor:
         batch = [images] if single else list(images)
         if not batch:
             raise ValueError("Predictor: got an empty list of images.")
+        if self.fast_path is not None:
+            results = self.fast_path([_check_image(img, None if single else i) for i, img in enumerate(batch)])
+            return results[0] if single else results
         inputs = [self._to_input(_check_image(img, None if single else i)) for i, img in enumerate(batch)]
         with torch.inference_mode():
             if self._int8 is not None:
@@ -352,7 +369,7 @@ class VideoPredictor(Predictor):
         super().__init__(
             config, weights, device, score_threshold=score_threshold, opts=opts, optimize=optimize, fp16=fp16,
             calibration=calibration, int8_parts=int8_parts,
-            precision=precision,
+            precision=precision, fast_path=False,  # keyframe state between calls: the eager video path
         )
         self.reset()
 
