@@ -343,6 +343,8 @@ def test_pair_mapper_resize_scales_the_flow(pair):
     _check_pair(out, (2 * FLOW[0], 2 * FLOW[1]))
     out = _map(pair, [YolactResize(64, preserve_aspect_ratio=True)])  # 48 -> 64, no padding at 1:1
     _check_pair(out, (FLOW[0] * 64 / 48, FLOW[1] * 64 / 48))
+    out = _map(pair, [T.Resize((96, 144))])  # Detectron2's own (PIL) resize: (sx, sy) = (3, 2)
+    _check_pair(out, (3 * FLOW[0], 2 * FLOW[1]))
 
 
 def test_pair_mapper_expand_pads_the_flow_with_nan(pair):

@@ -479,30 +479,31 @@ def _linear_part(t, h, w):
 def transform_flow(transforms, flow):
     """Apply the geometric part of `transforms` (what was applied to both frames) to a backward
     flow (H, W, 2) in pixels, NaN where unknown. Each step resamples the field like the image
-    (t.apply_image per channel: bilinear for resizes, exact for flips / crops / pads) and maps
-    the vectors by the step's Jacobian (a resize by (sx, sy) scales (u, v) by (sx, sy), a
-    horizontal flip negates u, crops and pads keep them). Pixels that do not come from known flow
-    (padding; bilinear neighbours of unknown pixels) are NaN. Steps that leave coordinates alone
-    (photometric ones) are skipped. Returns float32 (H', W', 2)."""
+    (t.apply_image: bilinear for resizes, exact for flips / crops / pads) and maps the vectors by
+    the step's Jacobian (a resize by (sx, sy) scales (u, v) by (sx, sy), a horizontal flip negates
+    u, crops and pads keep them). Pixels that do not come from known flow (padding; bilinear
+    neighbours of unknown pixels) are NaN. Steps that leave coordinates and size alone (photometric
+    ones) are skipped. Returns float32 (H', W', 2)."""
     flow = np.asarray(flow, np.float32)
+    known = ~np.isnan(flow).any(axis=2)
+    # (u, v, known) resampled together, one call a step: "known" stays exactly 1 only where every
+    # contributing pixel was known; padding gets the transform's fill (an image colour, not 1).
+    state = np.dstack([np.where(known[..., None], flow, 0.0), known]).astype(np.float32)
+    # Resampling is linear in the values and each step's Jacobian is constant: the vectors are
+    # mapped once, by the product of the Jacobians, at the end (on the smallest array).
+    jacobian = np.eye(2)
     for t in _steps(transforms):
         if isinstance(t, NoOpTransform):
             continue
-        h, w = flow.shape[:2]
-        jacobian, identity = _linear_part(t, h, w)
-        known = ~np.isnan(flow).any(axis=2)
-        label = t.apply_segmentation(known.astype(np.uint8))
-        if identity and label.shape == (h, w):
+        h, w = state.shape[:2]
+        step, identity = _linear_part(t, h, w)
+        if identity and t.apply_segmentation(np.zeros((h, w), np.uint8)).shape == (h, w):
             continue  # photometric: colours only
-        # apply_image may fill padding with an image colour: `label` (segmentation fill 0) and the
-        # resampled indicator (1 only where every contributing pixel is known) say what is known.
-        weight = t.apply_image(known.astype(np.float32))
-        filled = np.where(known[..., None], flow, 0.0).astype(np.float32)
-        field = np.stack([t.apply_image(np.ascontiguousarray(filled[..., c])) for c in range(2)], axis=2)
-        field = field.astype(np.float32) @ jacobian.T.astype(np.float32)
-        field[~((label > 0) & (np.abs(weight - 1.0) < 1e-4))] = np.nan
-        flow = field.astype(np.float32)
-    return flow
+        state = np.ascontiguousarray(t.apply_image(state), dtype=np.float32)  # crops / flips give views
+        jacobian = step @ jacobian
+    out = (state[..., :2] @ jacobian.T.astype(np.float32)).astype(np.float32)
+    out[np.abs(state[..., 2] - 1.0) > 1e-4] = np.nan
+    return out
 
 
 def _resize_steps(augmentations):
