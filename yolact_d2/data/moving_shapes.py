@@ -491,9 +491,10 @@ class MovingShapesFlow:
     of the original frames (target(x, y) ~= reference(x + u, y + v)), rendered from the clip's
     motion record.
 
-    `reference`: a record (its `frame_idx`), a frame path (one of the target's `video_frames`) or a
-    frame index; `target`: a record from the moving-shapes YouTube-VIS json (`file_name`,
-    `frame_idx`). `motion_root`: the split's motion folder; default: found from the frame path
+    `reference`: an index into the target's `video_frames` (what VideoPairMapper passes; the
+    records of this set list every frame of the clip there, so it is the frame number), a frame
+    path or a record (its `frame_idx`); `target`: a record of the moving-shapes YouTube-VIS json
+    (`file_name`, `frame_idx`). `motion_root`: the split's motion folder; default: found from the frame path
     (<split>/JPEGImages/<clip>/<frame> -> <split>/motion/<clip>.json). Picklable (data workers)."""
 
     def __init__(self, motion_root=None):
@@ -538,6 +539,11 @@ class MovingShapesFlow:
             raise ValueError(f"Moving-shapes flow: {target['file_name']!r} is {target.get('height')}x"
                              f"{target.get('width')} in its record but {hw[0]}x{hw[1]} in its motion "
                              f"record {self.motion_file(target)!r}; regenerate the set.")
+        frames = target.get("video_frames")
+        if frames is not None and len(frames) != motion["num_frames"]:
+            raise ValueError(f"Moving-shapes flow: the record of {target['file_name']!r} lists {len(frames)} "
+                             f"video_frames but its clip has {motion['num_frames']} frames; frame indices "
+                             "would not match the motion record (register the set with prepare_moving_shapes).")
         return render_flow(motion, int(target["frame_idx"]), self._frame_index(reference, target))
 
 

@@ -3,9 +3,11 @@ moving_shapes_val (YouTube-VIS records: one per frame, with the clip's frame lis
 
 Train: (reference, target) frame pairs from VideoPairMapper, the reference 2-5 frames earlier (the
 official YolactEdge gap), both under the same flip and resize, with the EXACT flow between them
-(MovingShapesFlow renders it from the clip's motion record) as `flow`. Test: the val frames one by
-one, as the image loaders give them; the video evaluation plays whole clips (the 5 keyframe
-phases) and is chosen by the experiment config (dataloader.evaluator is not set here).
+(MovingShapesFlow renders it from the clip's motion record) as `flow`. Test: VideoEvaluator plays
+the val clips (the official 5 keyframe phases) through the model, mapping frames with the test
+mapper. `flow_dataloader` holds the test loader and evaluator of flow pre-training instead: val
+frame pairs with their exact flow, scored by FlowEPEEvaluator (an experiment config swaps them in:
+dataloader.test, dataloader.evaluator = flow_dataloader.test, flow_dataloader.evaluator).
 
 Loading this config writes nothing: the set is generated under moving_shapes_default_root()
 ($DETECTRON2_DATASETS/moving_shapes, else ~/.cache/yolact_d2/datasets/moving_shapes) when a split is
@@ -31,6 +33,7 @@ from yolact_d2.data.moving_shapes import (
 )
 from yolact_d2.data.shapes import DEFAULT_KINDS
 from yolact_d2.data.video import VideoPairMapper
+from yolact_d2.evaluation import FlowEPEEvaluator, VideoEvaluator
 
 # ~10 s to generate; sized for the README's video command (flow pre-training, fine-tuning and the
 # 5-phase evaluation on a 2-core CPU).
@@ -65,3 +68,19 @@ dataloader.test = L(build_detection_test_loader)(
     mapper=L(YolactDatasetMapper)(is_train=False, augmentations=[], image_format="BGR"),
     num_workers=1,
 )
+dataloader.evaluator = L(VideoEvaluator)(dataset_name="${..test.dataset.names}", keyframe_interval=5)
+
+flow_dataloader = OmegaConf.create()
+flow_dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="moving_shapes_val", filter_empty=False),
+    # eval mode: resize only, and gaps cycling through reference_gap (reproducible pairs)
+    mapper=L(VideoPairMapper)(
+        is_train=False,
+        augmentations=[L(YolactResize)(size=INPUT_SIZE)],
+        image_format="BGR",
+        reference_gap=(2, 5),
+        flow_source=L(moving_shapes_flow_source)(dataset_name="${...dataset.names}"),
+    ),
+    num_workers=1,
+)
+flow_dataloader.evaluator = L(FlowEPEEvaluator)(dataset_name="${..test.dataset.names}")
