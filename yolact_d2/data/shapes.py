@@ -44,7 +44,6 @@ __all__ = [
     "datasets_root",
     # drawing and writing helpers, shared with the moving-shapes video set (moving_shapes.py)
     "shape_polygon",
-    "rasterize_polygon",
     "rle_json",
     "random_colour",
     "shape_categories",
@@ -108,7 +107,7 @@ def shape_polygon(kind, cx, cy, radius, angle, aspect):
     return pts + np.array([cx, cy])
 
 
-def rasterize_polygon(poly_flat, h, w):
+def _rasterize(poly_flat, h, w):
     """(h, w) uint8 mask of one polygon, rasterised by pycocotools like the COCO loader does."""
     rle = mask_util.frPyObjects([poly_flat], h, w)
     return mask_util.decode(mask_util.merge(rle))
@@ -144,7 +143,7 @@ def _make_image(rng, size, kinds, min_objects, max_objects, min_size, max_size, 
             r = rng.uniform(0.02, 0.035) * size
             px, py = ccx + rng.normal(0, 0.06 * size), ccy + rng.normal(0, 0.06 * size)
             poly = shape_polygon(kinds[kind_idx], px, py, r, rng.uniform(0, 2 * np.pi), 1.0)
-            union |= rasterize_polygon(poly.ravel().tolist(), h, w)
+            union |= _rasterize(poly.ravel().tolist(), h, w)
         if union.any():
             objects.append(dict(kind_idx=kind_idx, poly=None, mask=union,
                                 colour=random_colour(rng), crowd=True))
@@ -158,7 +157,7 @@ def _make_image(rng, size, kinds, min_objects, max_objects, min_size, max_size, 
             aspect = rng.uniform(0.5, 0.8) if kinds[kind_idx] == "ellipse" else rng.uniform(0.6, 1.0)
             poly = shape_polygon(kinds[kind_idx], cx, cy, radius, rng.uniform(0, 2 * np.pi), aspect)
             poly_flat = [round(float(v), 2) for v in poly.ravel()]
-            mask = rasterize_polygon(poly_flat, h, w)
+            mask = _rasterize(poly_flat, h, w)
             if mask.sum() < 16:
                 continue
             # Reject placements that would hide too much of an earlier shape.
