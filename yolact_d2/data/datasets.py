@@ -26,6 +26,7 @@ __all__ = [
     "category_metadata",
     "check_coco_json",
     "load_coco_json_checked",
+    "load_json",
     "read_coco_categories",
     "register_coco_dataset",
     "register_dataset",
@@ -37,14 +38,21 @@ _CATEGORIES_KEY = b'"categories"'
 _THEN_A_LIST = re.compile(rb"\s*:\s*\[")
 
 
-def _load_json(json_file):
+def load_json(json_file, what="COCO annotation file"):
+    """json.load with errors naming the file: FileNotFoundError ("<what> not found"), or
+    AnnotationError when it is not valid json."""
     try:
         with open(json_file) as f:
             return json.load(f)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"COCO annotation file not found: {json_file!r}") from e
+        raise FileNotFoundError(f"{what} not found: {json_file!r}") from e
     except ValueError as e:
         raise AnnotationError(f"{json_file!r} is not valid json: {e}") from e
+
+
+def _load_json(json_file):
+    """The COCO readers' full parse (one place, so tests can count full parses)."""
+    return load_json(json_file)
 
 
 def _list_at(buffer, start):

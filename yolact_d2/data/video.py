@@ -14,7 +14,6 @@ video's frame list, so reference frames (also unannotated ones) can be picked by
 import collections
 import copy
 import functools
-import json
 import logging
 import os
 import re
@@ -27,7 +26,7 @@ from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform, TransformList
 
 from .augmentations import InstanceAugInput, YolactResize
-from .datasets import category_metadata, read_coco_categories, register_dataset
+from .datasets import category_metadata, load_json, read_coco_categories, register_dataset
 from .mapper import AnnotationError, ImageReadError, YolactDatasetMapper, check_polygons, check_rle
 
 __all__ = [
@@ -300,16 +299,6 @@ def _check_track(json_file, ann, video, cat_ids):
                                   "polygon list nor an RLE dict.")
 
 
-def _read_json(json_file):
-    try:
-        with open(json_file) as f:
-            return json.load(f)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"YouTube-VIS annotation file not found: {json_file!r}") from e
-    except ValueError as e:
-        raise AnnotationError(f"{json_file!r} is not valid json: {e}") from e
-
-
 def check_ytvis_json(json_file):
     """Raise AnnotationError (naming the json, the video, the annotation and the frame) for an
     unusable YouTube-VIS json: missing 'videos' / 'annotations' / 'categories', a video without
@@ -317,7 +306,7 @@ def check_ytvis_json(json_file):
     'bboxes' / 'areas' lists whose length differs from the video's 'file_names', an unknown
     video_id or category_id, a bad bbox / polygon / RLE, an RLE of the wrong size, a bbox on a
     frame whose segmentation is null (non-crowd). Returns the parsed json."""
-    data = _read_json(json_file)
+    data = load_json(json_file, "YouTube-VIS annotation file")
     if not isinstance(data, dict):
         raise AnnotationError(f"{json_file!r} holds a json {type(data).__name__}, not a YouTube-VIS object.")
     for key in ("videos", "annotations", "categories"):
