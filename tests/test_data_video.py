@@ -100,6 +100,8 @@ def test_flying_chairs_records_per_split(tmp_path):
     assert MetadataCatalog.get("chairs_test_train").evaluator_type == "flow"
     assert load_flying_chairs(root, split="val") == [pair(2, 0)]
     assert load_flying_chairs(root, split="all") == [pair(1, 0), pair(2, 1)]
+    os.rename(root / "FlyingChairs_train_val.txt", root / "train_val.txt")  # the official YolactEdge layout
+    assert load_flying_chairs(root, split="val") == [pair(2, 0)]
 
 
 def test_flying_chairs_errors_name_the_file(tmp_path):

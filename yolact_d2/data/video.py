@@ -165,7 +165,9 @@ def load_flying_chairs(root, split_file=None, split="train"):
         if not numbers:
             raise FileNotFoundError(f"No FlyingChairs pairs (NNNNN_img1.ppm) in {data!r}.")
     else:
-        split_file = split_file or os.path.join(root, "FlyingChairs_train_val.txt")
+        if not split_file:  # the download's name, or the official YolactEdge layout's
+            candidates = [os.path.join(root, n) for n in ("FlyingChairs_train_val.txt", "train_val.txt")]
+            split_file = next((c for c in candidates if os.path.isfile(c)), candidates[0])
         labels = _chairs_split_ids(split_file)
         numbers = [k for k, label in labels.items() if label == _CHAIRS_SPLITS[split]]
     records = []
@@ -184,7 +186,7 @@ def load_flying_chairs(root, split_file=None, split="train"):
 
 def register_flying_chairs(name, root, split_file=None, split="train"):
     """Register FlyingChairs (`root` = FlyingChairs_release, holding data/ and
-    FlyingChairs_train_val.txt) as `name`; records as load_flying_chairs gives them, loaded when
+    FlyingChairs_train_val.txt or train_val.txt) as `name`; records as load_flying_chairs gives them, loaded when
     first read. Metadata: evaluator_type="flow". Returns `name`."""
     root = os.path.abspath(os.fspath(root))
     split_file = os.path.abspath(split_file) if split_file else None
