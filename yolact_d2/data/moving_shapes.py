@@ -33,8 +33,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
-import socket
 
 import cv2
 import numpy as np
@@ -45,11 +43,12 @@ from .shapes import (
     ALL_KINDS,
     DEFAULT_KINDS,
     datasets_root,
-    fresh_dir,
     random_colour,
+    read_generation_params,
     rle_json,
     shape_categories,
     shape_polygon,
+    write_atomically,
 )
 
 __all__ = [
@@ -302,14 +301,6 @@ def _params(num_train_clips, num_val_clips, num_frames, image_size, seed, kinds,
     )
 
 
-def _read_params(root):
-    try:
-        with open(os.path.join(root, "generation.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _track_annotation(motion, k, id_maps, min_area):
     """The YouTube-VIS annotation (without ids) of object k: its visible mask on every frame."""
     segmentations, bboxes, areas = [], [], []
@@ -365,23 +356,10 @@ def _write_split(out_dir, split, split_idx, count, p):
         json.dump(ytvis, f)
 
 
-def _remove_dead_writers_dirs(parent, base):
-    """Remove the temporary folders that writers on this host left when they died (killed mid-way:
-    their `finally` never ran). Folders of live writers (another process generating now) stay."""
-    host = socket.gethostname()
-    for prefix in (f".{base}.tmp-", f".{base}.old-"):
-        for entry in os.listdir(parent):
-            if not entry.startswith(prefix):
-                continue
-            parts = entry[len(prefix):].rsplit("-", 2)  # host, pid, random
-            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-                continue
-            try:
-                os.kill(int(parts[1]), 0)
-            except ProcessLookupError:
-                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-            except PermissionError:  # alive, someone else's
-                pass
+def _write_dataset(out_dir, p, counts):
+    os.makedirs(os.path.join(out_dir, "annotations"))
+    for split_idx, (split, count) in enumerate(zip(_SPLITS, counts)):
+        _write_split(out_dir, split, split_idx, count, p)
 
 
 def _split_paths(root, split):
@@ -415,8 +393,8 @@ def generate_moving_shapes_dataset(root, num_train_clips=80, num_val_clips=10, n
             to frame and breaks brightness constancy along moving edges) or "jpg".
 
     Idempotent: when `root` already holds a set generated with the same parameters it is left
-    alone. Atomic: written into a temporary sibling folder and renamed into place; temporary
-    folders of writers that died are removed.
+    alone. Atomic (shapes.write_atomically): written into a temporary sibling folder and renamed
+    into place; temporary folders of writers that died are removed.
 
     Returns: dict split -> (json_file, image_root, motion_root).
     """
@@ -425,41 +403,10 @@ def generate_moving_shapes_dataset(root, num_train_clips=80, num_val_clips=10, n
                 enter_prob, min_area, object_texture, background_texture, background_noise, image_ext)
     root = os.path.abspath(root)
     result = {s: _split_paths(root, s) for s in _SPLITS}
-    parent, base = os.path.dirname(root), os.path.basename(root)
-    os.makedirs(parent, exist_ok=True)
-    _remove_dead_writers_dirs(parent, base)
-    if _read_params(root) == p:
+    if read_generation_params(root) == p:
         logger.info("Moving-shapes set already at %s with the same parameters; not regenerating.", root)
         return result
-
-    # host and pid in the name: how a later writer tells a dead writer's leftovers from a live one.
-    tag = f"{socket.gethostname()}-{os.getpid()}-"
-    tmp = fresh_dir(parent, f".{base}.tmp-{tag}")
-    try:
-        os.makedirs(os.path.join(tmp, "annotations"))
-        for split_idx, (split, count) in enumerate(zip(_SPLITS, (num_train_clips, num_val_clips))):
-            _write_split(tmp, split, split_idx, count, p)
-        # Written last: its presence (inside the renamed folder) marks a complete set.
-        with open(os.path.join(tmp, "generation.json"), "w") as f:
-            json.dump(p, f, indent=1, sort_keys=True)
-        old = None
-        if os.path.lexists(root):
-            if _read_params(root) == p:  # another process finished the same job meanwhile
-                shutil.rmtree(tmp, ignore_errors=True)
-                return result
-            old = fresh_dir(parent, f".{base}.old-{tag}")
-            os.rename(root, os.path.join(old, "data"))
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if _read_params(root) != p:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_atomically(root, p, functools.partial(_write_dataset, p=p, counts=(num_train_clips, num_val_clips)))
     logger.info("Wrote moving-shapes set (%d train / %d val clips of %d frames) to %s",
                 num_train_clips, num_val_clips, num_frames, root)
     return result
@@ -646,9 +593,12 @@ def main(argv=None):
     parser.add_argument("--write-video", required=True, metavar="PATH")
     args = parser.parse_args(argv)
     root = args.root or moving_shapes_default_root()
-    if _read_params(root) is None:  # a set already there (any parameters, e.g. a config's) is used as is
-        generate_moving_shapes_dataset(root)
-    print(write_clip_video(root, args.video_index, args.write_video, split=args.split))
+    try:
+        if read_generation_params(root) is None:  # a set already there (any parameters, e.g. a config's) is used as is
+            generate_moving_shapes_dataset(root)
+        print(write_clip_video(root, args.video_index, args.write_video, split=args.split))
+    except (IndexError, OSError) as e:  # one line naming the problem, not a traceback
+        raise SystemExit(f"moving_shapes: {e}") from None
 
 
 if __name__ == "__main__":

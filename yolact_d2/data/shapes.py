@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import uuid
 
 import cv2
@@ -48,6 +49,8 @@ __all__ = [
     "random_colour",
     "shape_categories",
     "fresh_dir",
+    "read_generation_params",
+    "write_atomically",
 ]
 
 logger = logging.getLogger(__name__)
@@ -232,7 +235,8 @@ def shape_categories(kinds):
     return [dict(id=k + 1, name=name, supercategory="shape") for k, name in enumerate(kinds)]
 
 
-def _read_params(root):
+def read_generation_params(root):
+    """The parameters a generated dataset at `root` was made with (its generation.json), or None."""
     try:
         with open(os.path.join(root, "generation.json")) as f:
             return json.load(f)
@@ -284,6 +288,65 @@ def fresh_dir(parent, prefix):
     return path
 
 
+def _remove_dead_writers_dirs(parent, base):
+    """Remove the temporary folders of `base` that writers on this host left when they died
+    (killed: their clean-up never ran). Those of live writers (generating now) stay."""
+    host = socket.gethostname()
+    for entry in os.listdir(parent):
+        for prefix in (f".{base}.tmp-", f".{base}.old-"):
+            parts = entry[len(prefix):].rsplit("-", 2) if entry.startswith(prefix) else []  # host, pid, random
+            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+                continue
+            try:
+                os.kill(int(parts[1]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            except PermissionError:  # alive, another user's
+                pass
+
+
+def write_atomically(root, params, write):
+    """Generate a dataset at `root` atomically: write(folder) fills a fresh temporary sibling
+    folder, generation.json (= params) is written last, and the folder is renamed to `root` (a
+    dataset already there is moved aside first, removed after). A failure removes the temporary
+    folder; a killed writer's is removed by the next writer (folder names carry host and pid). When
+    another process completes the same parameters meanwhile, its dataset is kept."""
+    parent, base = os.path.dirname(root), os.path.basename(root)
+    os.makedirs(parent, exist_ok=True)
+    _remove_dead_writers_dirs(parent, base)
+    tag = f"{socket.gethostname()}-{os.getpid()}-"
+    tmp = fresh_dir(parent, f".{base}.tmp-{tag}")
+    try:
+        write(tmp)
+        # Written last: its presence (inside the renamed folder) marks a complete dataset.
+        with open(os.path.join(tmp, "generation.json"), "w") as f:
+            json.dump(params, f, indent=1, sort_keys=True)
+        old = None
+        if os.path.lexists(root):
+            if read_generation_params(root) == params:  # another process finished the same job meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            old = fresh_dir(parent, f".{base}.old-{tag}")
+            os.rename(root, os.path.join(old, "data"))
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if read_generation_params(root) != params:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_dataset(out_dir, p, counts):
+    os.makedirs(os.path.join(out_dir, "annotations"))
+    for split_idx, (split, count) in enumerate(zip(_SPLITS, counts)):
+        _write_split(out_dir, split, split_idx, count, p)
+
+
 def generate_shapes_dataset(root, num_train=1000, num_val=100, image_size=128, seed=0, *,
                             kinds=DEFAULT_KINDS, min_objects=1, max_objects=4, min_size=0.2,
                             max_size=0.5, min_visible=0.5, rle_fraction=0.25, crowd_prob=0.05,
@@ -303,8 +366,8 @@ def generate_shapes_dataset(root, num_train=1000, num_val=100, image_size=128, s
         image_ext: "png" (lossless) or "jpg".
 
     Idempotent: when `root` already holds a dataset generated with the same parameters it is
-    left alone. Atomic: the dataset is written to a temporary sibling folder and renamed into
-    place, so an interrupted run never leaves a partial dataset at `root`.
+    left alone. Atomic (write_atomically): the dataset is written to a temporary sibling folder and
+    renamed into place, so an interrupted run never leaves a partial dataset at `root`.
 
     Returns: dict split -> (json_file, image_root).
     """
@@ -313,38 +376,11 @@ def generate_shapes_dataset(root, num_train=1000, num_val=100, image_size=128, s
     root = os.path.abspath(root)
     result = {s: (os.path.join(root, "annotations", f"instances_{s}.json"), os.path.join(root, s))
               for s in _SPLITS}
-    if _read_params(root) == p:
+    if read_generation_params(root) == p:
         logger.info("Shapes dataset already at %s with the same parameters; not regenerating.", root)
         return result
 
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = fresh_dir(parent, f".{os.path.basename(root)}.tmp-")
-    try:
-        os.makedirs(os.path.join(tmp, "annotations"))
-        for split_idx, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val))):
-            _write_split(tmp, split, split_idx, count, p)
-        # Written last: its presence (inside the renamed folder) marks a complete dataset.
-        with open(os.path.join(tmp, "generation.json"), "w") as f:
-            json.dump(p, f, indent=1, sort_keys=True)
-        old = None
-        if os.path.lexists(root):
-            if _read_params(root) == p:  # another process finished the same job meanwhile
-                shutil.rmtree(tmp, ignore_errors=True)
-                return result
-            old = fresh_dir(parent, f".{os.path.basename(root)}.old-")
-            os.rename(root, os.path.join(old, "data"))
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if _read_params(root) != p:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_atomically(root, p, functools.partial(_write_dataset, p=p, counts=(num_train, num_val)))
     logger.info("Wrote shapes dataset (%d train / %d val images) to %s", num_train, num_val, root)
     return result
 
