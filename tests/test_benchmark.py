@@ -180,3 +180,149 @@ def test_schedule_study_helpers():
     assert be.agreement(inst(a, [2, 2], [0.9, 0.8]), want) == 0.0  # other classes do not count
     assert be.agreement(inst(a, [0, 1], [0.1, 0.1]), want) == 0.0  # below the score floor: missed
     assert be.agreement(inst(a, [0, 1], [0.1, 0.1]), inst(a, [0, 1], [0.2, 0.2])) == 1.0  # nothing to find
+
+
+# ------------------------------------------------------------------ --eval-dataset: AP and agreement
+def _instances(boxes, classes, scores, masks, size=(8, 8)):
+    from detectron2.structures import Boxes, Instances
+
+    out = Instances(size)
+    out.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    out.pred_classes = torch.tensor(classes, dtype=torch.int64)
+    out.scores = torch.tensor(scores, dtype=torch.float32)
+    out.pred_masks = torch.as_tensor(np.asarray(masks, dtype=bool).reshape(-1, *size))
+    return out
+
+
+def test_agreement_hand_case(bm):
+    """Twins: same class, box IoU >= 0.5, greedy in fp32's score order; the numbers by hand."""
+    m = np.zeros((3, 8, 8), bool)
+    m[0, :4, :4] = True  # 16 px
+    m[1, 4:, 4:] = True
+    m[2, :2, :] = True
+    ref = _instances([[0, 0, 4, 4], [4, 4, 8, 8], [0, 0, 8, 2]], [0, 1, 2], [0.9, 0.8, 0.7], m)
+    mine = np.zeros((4, 8, 8), bool)
+    mine[0, :4, :2] = True  # twin of ref 0: mask IoU 8/16
+    mine[1, 4:, 4:] = True  # same box and mask as ref 1, but class 2: no twin
+    mine[2, :4, :4] = True  # ref 0's box again, a lower score: ref 0 is already taken
+    mine[3, 4:, 4:] = True  # twin of ref 1: box [4, 4, 8, 7] IoU 12/16 = 0.75, mask IoU 1
+    inst = _instances([[0, 0, 4, 4], [4, 4, 8, 8], [0, 0, 4, 4], [4, 4, 8, 7]], [0, 2, 0, 1],
+                      [0.85, 0.95, 0.5, 0.6], mine)
+    assert bm.match_detections(inst, ref) == [(0, 0), (1, 3)]
+    assert bm.match_detections(inst, ref, iou_threshold=0.8) == [(0, 0)]  # 0.75 is not enough
+    a = bm.Agreement()
+    a.add(inst, ref)
+    s = a.summary()
+    assert (s["fp32_detections"], s["matched"], s["unmatched_fp32"], s["unmatched_this"]) == (3, 2, 1, 2)
+    assert s["mask_iou_mean"] == pytest.approx(0.75) and s["mask_iou_min"] == pytest.approx(0.5)
+    assert s["score_diff_max"] == pytest.approx(0.2) and s["score_diff_mean"] == pytest.approx(0.125)
+
+
+TINY = os.path.join(fx.REPO, "configs", "shapes", "yolact_shapes_tiny.py")
+# Measured (seeded tiny model, 4 shapes_tiny_val images, GT = fp32's detections scoring >= the
+# median): fp32 box / mask AP 100 / 42.3, bf16 85.6 / 33.4; bf16 twins 69 of 80, mask IoU mean
+# 0.963, |score diff| <= 0.0022. The seeded model's scores all lie within ~0.005 of each other, so
+# bf16's ~0.001 score noise reorders detections and moves AP a lot (the trained shapes model:
+# segm 55.73 vs 55.72, README). Stated bounds, with margin:
+BF16_MAX_AP_LOSS = 25.0  # AP points below fp32's, box and mask
+BF16_MIN_TWINS, BF16_MEAN_MASK_IOU, BF16_SCORE_TOL = 0.75, 0.9, 0.01
+
+
+def _register_gt_from(predictor, records, name, path):
+    """A COCO dataset whose ground truth is `predictor`'s own detections scoring >= their median
+    (boxes and RLE masks as it gives them): its boxes must score box AP 100 against it (every
+    lower-scoring one ranks after every true positive), the oracle of the AP column."""
+    import cv2
+    import pycocotools.mask as mask_util
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    outs = [predictor(cv2.imread(r["file_name"])) for r in records]
+    threshold = float(torch.cat([o.scores for o in outs]).median())
+    images, anns = [], []
+    for r, o in zip(records, outs):
+        images.append({"id": r["image_id"], "file_name": r["file_name"], "height": r["height"], "width": r["width"]})
+        for box, cls, score, mask in zip(o.pred_boxes.tensor.tolist(), o.pred_classes.tolist(), o.scores.tolist(),
+                                          o.pred_masks.numpy()):
+            if score < threshold:
+                continue
+            rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode()
+            x1, y1, x2, y2 = box
+            anns.append({"id": len(anns) + 1, "image_id": r["image_id"], "category_id": cls + 1, "iscrowd": 0,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(mask.sum()), "segmentation": rle})
+    categories = [{"id": c + 1, "name": f"class{c}"} for c in range(predictor.model.num_classes)]
+    with open(path, "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": categories}, f)
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    register_coco_instances(name, {}, path, "")
+    return len(anns)
+
+
+@pytest.mark.slow
+def test_eval_dataset_ap_and_agreement(bm, tmp_path):
+    """--eval-dataset: fp32 scores AP 100 on its own detections (the oracle); bf16 within the stated
+    bounds of it and of fp32's detections; a second fp32 Predictor agrees exactly (IoU 1, diff 0)."""
+    from detectron2.data import DatasetCatalog
+
+    from yolact_d2 import Predictor
+    from yolact_d2.deploy import precision as prec
+
+    weights = fx.write_checkpoint(str(tmp_path / "tiny.pth"), config=TINY, opts=[])
+    fp32 = Predictor(TINY, weights, device="cpu")  # loading the config registers shapes_tiny_val
+    records = DatasetCatalog.get("shapes_tiny_val")
+    assert _register_gt_from(fp32, records, "bench_gt_fp32", str(tmp_path / "gt.json")) > 0
+
+    twin = bm.Agreement()
+    other = Predictor(TINY, weights, device="cpu")
+    import cv2
+
+    for r in records:
+        image = cv2.imread(r["file_name"])
+        twin.add(other(image), fp32(image))
+    t = twin.summary()
+    assert t["matched"] == t["fp32_detections"] > 0 and t["unmatched_fp32"] == t["unmatched_this"] == 0
+    assert t["mask_iou_min"] == 1.0 and t["score_diff_max"] == 0.0
+
+    bf16 = prec.bf16_cpu_problem(prec.cpu_flags(), torch.backends.mkldnn.is_available()) is None
+    precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
+    out = str(tmp_path / "bench.json")
+    before = torch.get_num_threads()
+    try:
+        assert bm.main(["--config", TINY, "--weights", weights, "--precisions", *precisions, "--batch-sizes", "1",
+                        "--warmup", "0", "--iters", "1", "--image-size", "64", "64", "--no-maskrcnn", "--no-plain",
+                        "--no-stages", "--threads", "1", "--eval-dataset", "bench_gt_fp32", "--json", out]) == 0
+    finally:
+        torch.set_num_threads(before)
+    res = json.load(open(out))
+    ev = res["eval"]
+    assert ev["dataset"] == "bench_gt_fp32" and ev["images"] == len(records)
+    assert set(ev["precisions"]) == set(precisions)
+    ref = ev["precisions"]["fp32"]
+    assert ref["bbox"]["AP"] == pytest.approx(100.0)  # its own boxes
+    # Masks: the seeded model's empty masks match nothing, so the oracle is Detectron2's own
+    # evaluation path (test loader + DatasetMapper + inference_on_dataset) on the same model.
+    from detectron2.data import DatasetMapper, build_detection_test_loader
+    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+
+    loader = build_detection_test_loader(
+        DatasetCatalog.get("bench_gt_fp32"), mapper=DatasetMapper(is_train=False, augmentations=[], image_format="BGR"))
+    evaluator = COCOEvaluator("bench_gt_fp32", tasks=("bbox", "segm"), distributed=False,
+                              output_dir=str(tmp_path / "d2eval"), use_fast_impl=False)
+    d2 = inference_on_dataset(fp32.model, loader, evaluator)
+    assert 0 < ref["segm"]["AP"] == pytest.approx(d2["segm"]["AP"], abs=1e-9)
+    assert ref["bbox"]["AP"] == pytest.approx(d2["bbox"]["AP"], abs=1e-9)
+    assert "agreement_with_fp32" not in ref  # the reference itself
+    (run,) = res["runs"]
+    assert run["precisions"] == precisions and set(run["contenders"]) == {bm.contender_name(p, "fp32") for p in precisions}
+    if not bf16:
+        pytest.skip("bf16 part: this CPU has neither AVX512-BF16 nor AMX")
+    b = ev["precisions"]["bf16"]
+    assert b["bbox"]["AP"] >= ref["bbox"]["AP"] - BF16_MAX_AP_LOSS
+    assert b["segm"]["AP"] >= ref["segm"]["AP"] - BF16_MAX_AP_LOSS
+    a = b["agreement_with_fp32"]
+    assert a["fp32_detections"] == t["fp32_detections"]  # the same images, the same fp32 detections
+    assert a["matched"] >= BF16_MIN_TWINS * a["fp32_detections"]
+    assert a["mask_iou_mean"] >= BF16_MEAN_MASK_IOU and a["score_diff_max"] <= BF16_SCORE_TOL
+    assert a["matched"] + a["unmatched_fp32"] == a["fp32_detections"]

@@ -114,6 +114,14 @@ class Timer:
     def min_ms(self, name: str) -> float:
         return 1000.0 * min(self.samples[name])
 
+    def quartiles_ms(self, name: str) -> List[float]:
+        """[p25, p75] of the rounds (the spread next to the median; both = the sample for one round)."""
+        samples = self.samples[name]
+        if len(samples) < 2:
+            return [1000.0 * samples[0]] * 2
+        q = statistics.quantiles(samples, n=4, method="inclusive")
+        return [1000.0 * q[0], 1000.0 * q[2]]
+
 
 # ---------------------------------------------------------------------------------- ours
 class _Cached(torch.nn.Module):
@@ -191,11 +199,40 @@ class YolactStages:
         self.cache["results"] = results
 
 
-def build_ours(config: str, weights: Optional[str], device: str, opts: List[str], optimize: bool, precision: str, seed: int):
+INT8_STAGES = ("preprocess", "network", "fast_nms", "mask_assembly")
+
+
+class Int8Stages(YolactStages):
+    """The int8 Predictor stage by stage: the network is one ONNX Runtime run (backbone to head);
+    preprocessing, Fast NMS and mask assembly are the model's own PyTorch code, as in `Int8Stages.runner`."""
+
+    def __init__(self, runner, inputs: List[Dict]):
+        super().__init__(runner.model, inputs)
+        self.runner = runner  # deploy.network_graph.OnnxNetworkYolact
+
+    def network(self):
+        preds = self.runner.network(self.cache["images"].tensor)
+        self.cache["preds"], self.cache["priors"] = preds, self.runner.priors
+
+
+def stages_of(predictor, inputs: List[Dict]):
+    """(stage runner, stage names) of a Predictor at its precision."""
+    runner = getattr(predictor, "_int8", None)
+    if runner is not None:
+        return Int8Stages(runner, inputs), INT8_STAGES
+    return YolactStages(predictor.model, inputs), STAGES
+
+
+def build_ours(config: str, weights: Optional[str], device: str, opts: List[str], optimize: bool, precision: str,
+               seed: int, calibration: Optional[str] = None, int8_parts: Optional[List[str]] = None,
+               fast_path: bool = False):
     from yolact_d2 import Predictor
 
     torch.manual_seed(seed)  # the random initialisation when no weights are given
-    return Predictor(config, weights, device=device, opts=opts, optimize=optimize, precision=precision)
+    extra = dict(calibration=calibration, int8_parts=int8_parts) if precision == "int8" else {}
+    # fast_path explicit: "yolact_d2" is the eager path on every device (the fast path is its own contender)
+    return Predictor(config, weights, device=device, opts=opts, optimize=optimize, precision=precision,
+                     fast_path=fast_path, **extra)
 
 
 # ---------------------------------------------------------------------------------- peers
@@ -279,7 +316,21 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=5, help="timed rounds; the median is reported")
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage timing")
     p.add_argument("--no-plain", action="store_true", help="skip the un-optimised yolact_d2 model")
+    p.add_argument("--fast-path", action="store_true",
+                   help="also time the real-time path (yolact_d2.deploy.realtime: CUDA graphs on CUDA) as "
+                        "'yolact_d2 fast path', same precision, end to end (host uint8 in, Instances out)")
     p.add_argument("--no-maskrcnn", action="store_true")
+    p.add_argument("--calibration", default=None,
+                   help="int8: folder of images to calibrate on (default: 100 images of the config's training set)")
+    p.add_argument("--int8-parts", nargs="+", default=None, metavar="PART",
+                   help="int8: parts whose convs go int8 (backbone fpn protonet head; default: "
+                        "yolact_d2.deploy.quantize.DEFAULT_INT8_PARTS)")
+    p.add_argument("--eval-dataset", default=None, metavar="NAME",
+                   help="also report each precision's box/mask AP on this registered dataset and its agreement "
+                        "with fp32 (matched detections' mask IoU, score differences, unmatched counts)")
+    p.add_argument("--eval-max-images", type=int, default=None, metavar="N", help="--eval-dataset: the first N images")
+    p.add_argument("--match-iou", type=float, default=0.5,
+                   help="--eval-dataset: box IoU at which a detection of the same class is fp32's twin")
     p.add_argument("--official-root", default=None, help="dbolya/yolact checkout to time as well")
     p.add_argument("--official-config", default="yolact_resnet50", help="official config name")
     p.add_argument("--official-weights", default=None, help="official .pth (default: its random init)")
@@ -305,6 +356,10 @@ def parse_args(argv=None):
         args.official_root = None  # the official code's sizes come from its global config
     if "fp16" in args.precisions and not args.device.startswith("cuda"):
         p.error("fp16 needs --device cuda")
+    if "int8" in args.precisions and not args.weights:
+        p.error("--precisions int8 needs --weights: the calibrated int8 model is cached next to the weights file")
+    if args.eval_dataset and "fp16" in args.precisions:
+        p.error("--eval-dataset compares CPU precisions with fp32; leave fp16 out")
     from yolact_d2.deploy.precision import PrecisionError, check_precision
 
     for precision in args.precisions:  # before anything is built: name what the machine lacks
@@ -353,101 +408,286 @@ def run_benchmark(args) -> Dict:
           f"image {height}x{width}, warmup {args.warmup}, median of {args.iters}, load {load_before[0]:.1f}")
 
     for dtype in args.precisions:
-        fp16 = dtype == "fp16"
-        ours = build_ours(args.config, args.weights, args.device, args.opts, True, dtype, args.seed)
-        if getattr(ours.model, "is_video_model", False):  # YolactEdge: keyframes vs warped frames (batch 1)
-            from yolact_d2.tools.benchmark_edge import print_edge_run, run_edge
+        ours = _build_precision(args, dtype)
+        if not getattr(ours.model, "is_video_model", False):  # image models: every precision in one run
+            built = {dtype: ours}
+            for group in precision_groups(args.precisions):
+                for run in run_image_group(args, group, image, built):
+                    results["runs"].append(run)
+                    print_run(run)
+            if args.eval_dataset:
+                results["eval"] = evaluate_precisions(built, args.eval_dataset, args.eval_max_images, args.match_iou)
+                print_eval(results["eval"])
+            break
+        from yolact_d2.tools.benchmark_edge import print_edge_run, run_edge  # YolactEdge: keyframes vs warped frames (batch 1)
 
-            if args.schedule_study:
-                from yolact_d2.tools.benchmark_edge import print_study, schedule_study
+        if args.schedule_study:
+            from yolact_d2.tools.benchmark_edge import print_study, schedule_study
 
-                results["schedule_study"] = schedule_study(args, ours, args.schedule_study)
-                print_study(results["schedule_study"])
-                break
-            run = run_edge(args, ours, image, fp16)
-            run["dtype"] = dtype
-            results["runs"].append(run)
-            print_edge_run(run)
-            continue
-        input_size = ours.model.input_size
-        contenders: Dict[str, Callable] = {}
-        plain = None
-        if not args.no_plain:
-            plain = build_ours(args.config, args.weights, args.device, args.opts, False, dtype, args.seed)
-        # bf16 / int8: our fp32 Predictor in the same rounds, so "yolact_d2 / this" is the speed-up
-        # (fp16 runs every contender under autocast, so it has no fp32 twin).
-        ours_fp32 = None
-        if dtype not in ("fp32", "fp16"):
-            ours_fp32 = build_ours(args.config, args.weights, args.device, args.opts, True, "fp32", args.seed)
-        mask_rcnn = None if args.no_maskrcnn else build_mask_rcnn(args.device, args.seed)
-        official = None
-        if args.official_root:
-            official = build_official(args.official_root, args.official_config, args.official_weights, args.device, args.seed)
-        autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if fp16 else contextlib.nullcontext
-
-        for batch in args.batch_sizes:
-            images = [image] * batch
-            import cv2
-
-            resized = cv2.resize(image, (input_size, input_size), interpolation=cv2.INTER_LINEAR)
-            rcnn_inputs = [
-                {"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()).to(device), "height": height, "width": width}
-                for _ in range(batch)
-            ]
-            contenders = {"yolact_d2": lambda: ours(images)}
-            if ours_fp32 is not None:
-                contenders["yolact_d2 fp32"] = lambda: ours_fp32(images)
-            if plain is not None:
-                contenders["yolact_d2 (no optimize)"] = lambda: plain(images)
-            if official is not None:
-                contenders["official YOLACT"] = lambda: official(images)
-            if mask_rcnn is not None:
-                contenders["Mask R-CNN R50-FPN"] = lambda: mask_rcnn(rcnn_inputs)
-            stage_runner = None
-            if not args.no_stages:
-                stage_runner = YolactStages(ours.model, [ours._to_input(img) for img in images])
-
-            timer = Timer(device)
-            counts: Dict[str, int] = {}
-            for it in range(args.warmup + args.iters):
-                with torch.inference_mode(), autocast():
-                    for name, fn in contenders.items():
-                        out = timer.once(name, fn)
-                        counts[name] = _num_detections(out)
-                    if stage_runner is not None:
-                        for stage in STAGES:
-                            timer.once("stage:" + stage, getattr(stage_runner, stage))
-                        counts["stages"] = len(stage_runner.cache["results"][0])
-                if it < args.warmup:
-                    timer.clear()
-            run = {"dtype": dtype, "batch": batch, "contenders": {}, "stages_ms": {}, "stages_cpu_ms": {}}
-            base, base_cpu, base_min = timer.median_ms("yolact_d2"), timer.median_cpu_ms("yolact_d2"), timer.min_ms("yolact_d2")
-            for name in contenders:
-                ms, cpu_ms = timer.median_ms(name), timer.median_cpu_ms(name)
-                run["contenders"][name] = {
-                    "ms": round(ms, 2),
-                    "ms_per_image": round(ms / batch, 2),
-                    "images_per_s": round(1000.0 * batch / ms, 3),
-                    "yolact_d2_over_this": round(base / ms, 4),
-                    "min_ms": round(timer.min_ms(name), 2),
-                    "yolact_d2_over_this_min": round(base_min / timer.min_ms(name), 4),
-                    "cpu_ms": round(cpu_ms, 2),
-                    "yolact_d2_over_this_cpu": round(base_cpu / cpu_ms, 4),
-                    "samples_ms": [round(1000 * s, 2) for s in timer.samples[name]],
-                    "cpu_samples_ms": [round(1000 * s, 2) for s in timer.cpu_samples[name]],
-                    "detections_first_image": counts[name],
-                }
-            if stage_runner is not None:
-                for stage in STAGES:
-                    run["stages_ms"][stage] = round(timer.median_ms("stage:" + stage), 2)
-                    run["stages_cpu_ms"][stage] = round(timer.median_cpu_ms("stage:" + stage), 2)
-                run["stages_ms"]["sum"] = round(sum(run["stages_ms"][s] for s in STAGES), 2)
-                run["stages_cpu_ms"]["sum"] = round(sum(run["stages_cpu_ms"][s] for s in STAGES), 2)
-                run["stage_detections_first_image"] = counts["stages"]
-            results["runs"].append(run)
-            print_run(run)
+            results["schedule_study"] = schedule_study(args, ours, args.schedule_study)
+            print_study(results["schedule_study"])
+            break
+        run = run_edge(args, ours, image, dtype == "fp16")
+        run["dtype"] = dtype
+        results["runs"].append(run)
+        print_edge_run(run)
     results["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
     return results
+
+
+def _build_precision(args, precision: str, optimize: bool = True):
+    return build_ours(args.config, args.weights, args.device, args.opts, optimize, precision, args.seed,
+                      args.calibration, args.int8_parts)
+
+
+def precision_groups(precisions: List[str]) -> List[List[str]]:
+    """Precisions timed in the same rounds: all but fp16 together, our fp32 always among them (the
+    base of every ratio); fp16 alone (it runs every contender under CUDA autocast)."""
+    groups = []
+    others = [p for p in precisions if p != "fp16"]
+    if others:
+        groups.append(["fp32"] + [p for p in dict.fromkeys(others) if p != "fp32"])
+    if "fp16" in precisions:
+        groups.append(["fp16"])
+    return groups
+
+
+def contender_name(precision: str, base: str) -> str:
+    return "yolact_d2" if precision == base else f"yolact_d2 {precision}"
+
+
+def run_image_group(args, group: List[str], image: np.ndarray, built: Dict) -> List[Dict]:
+    """One run per batch size: our Predictor at each precision of `group`, the peers, round robin.
+
+    Each round runs every contender once, starting one further along the list each round, so no
+    contender always follows the same one (caches, turbo) on a shared machine."""
+    device = torch.device(args.device)
+    height, width = image.shape[:2]
+    base = group[0]
+    for p in group:  # `built` keeps them: --eval-dataset evaluates these same Predictors
+        if p not in built:
+            built[p] = _build_precision(args, p)
+    ours = {p: built[p] for p in group}
+    input_size = ours[base].model.input_size
+    plain = None if args.no_plain else _build_precision(args, base, optimize=False)
+    fast = {}  # --fast-path: the real-time path of each precision (deploy/realtime.py), int8 has none
+    if getattr(args, "fast_path", False):
+        fast = {p: build_ours(args.config, args.weights, args.device, args.opts, True, p, args.seed, fast_path=True)
+                for p in group if p != "int8"}
+    mask_rcnn = None if args.no_maskrcnn else build_mask_rcnn(args.device, args.seed)
+    official = None
+    if args.official_root:
+        official = build_official(args.official_root, args.official_config, args.official_weights, args.device, args.seed)
+    fp16 = base == "fp16"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if fp16 else contextlib.nullcontext
+    runs = []
+    for batch in args.batch_sizes:
+        images = [image] * batch
+        import cv2
+
+        resized = cv2.resize(image, (input_size, input_size), interpolation=cv2.INTER_LINEAR)
+        rcnn_inputs = [
+            {"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()).to(device), "height": height, "width": width}
+            for _ in range(batch)
+        ]
+        contenders: Dict[str, Callable] = {}
+        for precision, predictor in ours.items():
+            contenders[contender_name(precision, base)] = lambda p=predictor: p(images)
+        if plain is not None:
+            contenders["yolact_d2 (no optimize)"] = lambda: plain(images)
+        for precision, predictor in fast.items():
+            contenders[contender_name(precision, base).replace("yolact_d2", "yolact_d2 fast path")] = (
+                lambda p=predictor: p(images))
+        if official is not None:
+            contenders["official YOLACT"] = lambda: official(images)
+        if mask_rcnn is not None:
+            contenders["Mask R-CNN R50-FPN"] = lambda: mask_rcnn(rcnn_inputs)
+        stage_runners = {}
+        if not args.no_stages:
+            for precision, predictor in ours.items():
+                stage_runners[precision] = stages_of(predictor, [predictor._to_input(img) for img in images])
+
+        timer = Timer(device)
+        counts: Dict[str, int] = {}
+        names = list(contenders)
+        for it in range(args.warmup + args.iters):
+            with torch.inference_mode(), autocast():
+                for k in range(len(names)):
+                    name = names[(it + k) % len(names)]
+                    counts[name] = _num_detections(timer.once(name, contenders[name]))
+                for precision, (runner, stages) in stage_runners.items():
+                    for stage in stages:
+                        timer.once(f"stage:{precision}:{stage}", getattr(runner, stage))
+                    counts["stages:" + precision] = len(runner.cache["results"][0])
+            if it < args.warmup:
+                timer.clear()
+        run = {"dtype": "+".join(group), "precisions": list(group), "batch": batch, "contenders": {},
+               "stages_ms": {}, "stages_cpu_ms": {}, "stages_by_precision": {}}
+        ref = {"": timer.median_ms("yolact_d2"), "_min": timer.min_ms("yolact_d2"), "_cpu": timer.median_cpu_ms("yolact_d2")}
+        off = None
+        if official is not None:
+            off = {"": timer.median_ms("official YOLACT"), "_min": timer.min_ms("official YOLACT"),
+                   "_cpu": timer.median_cpu_ms("official YOLACT")}
+        for name in contenders:
+            ms, cpu_ms, min_ms = timer.median_ms(name), timer.median_cpu_ms(name), timer.min_ms(name)
+            mine = {"": ms, "_min": min_ms, "_cpu": cpu_ms}
+            r = {
+                "ms": round(ms, 2),
+                "ms_per_image": round(ms / batch, 2),
+                "images_per_s": round(1000.0 * batch / ms, 3),
+                "quartiles_ms": [round(v, 2) for v in timer.quartiles_ms(name)],
+                "min_ms": round(min_ms, 2),
+                "cpu_ms": round(cpu_ms, 2),
+                "samples_ms": [round(1000 * v, 2) for v in timer.samples[name]],
+                "cpu_samples_ms": [round(1000 * v, 2) for v in timer.cpu_samples[name]],
+                "detections_first_image": counts[name],
+            }
+            for kind in ("", "_min", "_cpu"):
+                r["yolact_d2_over_this" + kind] = round(ref[kind] / mine[kind], 4)
+                if off is not None:  # the targets: our precisions' time as a fraction of the official fp32 code's
+                    r["this_over_official" + kind] = round(mine[kind] / off[kind], 4)
+            run["contenders"][name] = r
+        for precision, (runner, stages) in stage_runners.items():
+            wall = {s: round(timer.median_ms(f"stage:{precision}:{s}"), 2) for s in stages}
+            cpu = {s: round(timer.median_cpu_ms(f"stage:{precision}:{s}"), 2) for s in stages}
+            wall["sum"], cpu["sum"] = round(sum(wall.values()), 2), round(sum(cpu.values()), 2)
+            run["stages_by_precision"][precision] = {"ms": wall, "cpu_ms": cpu,
+                                                     "detections_first_image": counts["stages:" + precision]}
+            if precision == base:
+                run["stages_ms"], run["stages_cpu_ms"] = wall, cpu
+                run["stage_detections_first_image"] = counts["stages:" + precision]
+        runs.append(run)
+    return runs
+
+
+# ---------------------------------------------------------------------------------- accuracy
+def match_detections(inst, ref, iou_threshold: float = 0.5) -> List[tuple]:
+    """Twins of `ref`'s detections in `inst`: (ref index, inst index) pairs. Greedy in `ref`'s
+    score order (its rows are sorted), each takes the unmatched `inst` detection of the same class
+    with the highest box IoU, if >= iou_threshold (COCO's own greedy matching, boxes against boxes)."""
+    from detectron2.structures import pairwise_iou
+
+    if len(ref) == 0 or len(inst) == 0:
+        return []
+    iou = pairwise_iou(ref.pred_boxes, inst.pred_boxes)  # (R, I)
+    iou[ref.pred_classes[:, None] != inst.pred_classes[None, :]] = -1.0
+    taken = torch.zeros(len(inst), dtype=torch.bool)
+    pairs = []
+    for i in torch.argsort(ref.scores, descending=True, stable=True).tolist():
+        row = iou[i].masked_fill(taken, -1.0)
+        j = int(row.argmax())
+        if row[j] >= iou_threshold:
+            taken[j] = True
+            pairs.append((i, j))
+    return pairs
+
+
+class Agreement:
+    """Running agreement of one precision's detections with fp32's, over images: matched pairs'
+    mask IoU and |score difference|, and the detections on either side left without a twin."""
+
+    def __init__(self, iou_threshold: float = 0.5):
+        self.iou_threshold = iou_threshold
+        self.mask_ious: List[float] = []
+        self.score_diffs: List[float] = []
+        self.unmatched_ref = self.unmatched_this = self.ref_total = 0
+
+    def add(self, inst, ref) -> None:
+        pairs = match_detections(inst, ref, self.iou_threshold)
+        self.ref_total += len(ref)
+        self.unmatched_ref += len(ref) - len(pairs)
+        self.unmatched_this += len(inst) - len(pairs)
+        for i, j in pairs:
+            a, b = ref.pred_masks[i], inst.pred_masks[j]
+            union = int((a | b).sum())
+            self.mask_ious.append(1.0 if union == 0 else int((a & b).sum()) / union)
+            self.score_diffs.append(abs(float(ref.scores[i]) - float(inst.scores[j])))
+
+    def summary(self) -> Dict:
+        n = len(self.mask_ious)
+        return {
+            "fp32_detections": self.ref_total,
+            "matched": n,
+            "unmatched_fp32": self.unmatched_ref,
+            "unmatched_this": self.unmatched_this,
+            "mask_iou_mean": round(statistics.fmean(self.mask_ious), 6) if n else None,
+            "mask_iou_min": round(min(self.mask_ious), 6) if n else None,
+            "score_diff_max": round(max(self.score_diffs), 8) if n else None,
+            "score_diff_mean": round(statistics.fmean(self.score_diffs), 8) if n else None,
+            "match_box_iou": self.iou_threshold,
+        }
+
+
+def evaluate_precisions(predictors: Dict, dataset: str, max_images: Optional[int] = None,
+                        match_iou: float = 0.5) -> Dict:
+    """Box / mask AP of each Predictor in `predictors` ({precision: Predictor}, fp32 among them) on
+    the registered `dataset` (Detectron2's COCOEvaluator; YOLACT++'s mask scores through
+    YolactCOCOEvaluator), and each one's agreement with fp32 on the same images. Every image is
+    read once (BGR, cv2) and given to every Predictor: what the timing runs, on real data."""
+    import tempfile
+
+    import cv2
+    from detectron2.data import DatasetCatalog
+
+    from yolact_d2.evaluation import YolactCOCOEvaluator
+
+    if dataset not in DatasetCatalog.list():
+        close = [n for n in DatasetCatalog.list() if dataset.split("_")[0] in n][:8]
+        raise SystemExit(
+            f"benchmark: --eval-dataset '{dataset}' is not a registered dataset (registered: {close or 'none alike'}); "
+            "datasets register when their config is loaded (e.g. --config configs/shapes/yolact_shapes.py "
+            "registers shapes_val) or through detectron2.data.datasets.register_coco_instances."
+        )
+    if "fp32" not in predictors:
+        raise ValueError("evaluate_precisions: the fp32 Predictor is the reference and must be given.")
+    records = DatasetCatalog.get(dataset)[: max_images or None]
+    if not records:
+        raise SystemExit(f"benchmark: --eval-dataset '{dataset}' has no images.")
+    with tempfile.TemporaryDirectory(prefix="yolact_bench_eval_") as tmp:
+        evaluators = {}
+        for precision in predictors:
+            evaluators[precision] = YolactCOCOEvaluator(
+                dataset, tasks=("bbox", "segm"), distributed=False, output_dir=os.path.join(tmp, precision),
+                use_fast_impl=False,  # the fast COCOeval needs Detectron2's compiled _C
+            )
+            evaluators[precision].reset()
+        agreement = {p: Agreement(match_iou) for p in predictors if p != "fp32"}
+        for record in records:
+            image = cv2.imread(record["file_name"], cv2.IMREAD_COLOR)
+            if image is None:
+                raise SystemExit(f"benchmark: --eval-dataset '{dataset}': cv2 cannot read '{record['file_name']}'.")
+            inputs = [{k: record[k] for k in ("image_id", "file_name", "height", "width") if k in record}]
+            outputs = {p: predictor(image).to("cpu") for p, predictor in predictors.items()}
+            for precision, instances in outputs.items():
+                evaluators[precision].process(inputs, [{"instances": instances}])
+                if precision in agreement:
+                    agreement[precision].add(instances, outputs["fp32"])
+        result = {"dataset": dataset, "images": len(records), "precisions": {}}
+        for precision, evaluator in evaluators.items():
+            metrics = {task: dict(values) for task, values in evaluator.evaluate().items()}
+            if precision in agreement:
+                metrics["agreement_with_fp32"] = agreement[precision].summary()
+            result["precisions"][precision] = metrics
+    return result
+
+
+def print_eval(result: Dict) -> None:
+    from tabulate import tabulate
+
+    ref = result["precisions"]["fp32"]
+    rows = []
+    for precision, m in result["precisions"].items():
+        a = m.get("agreement_with_fp32", {})
+        rows.append([precision, round(m["bbox"]["AP"], 3), round(m["segm"]["AP"], 3),
+                     round(m["bbox"]["AP"] - ref["bbox"]["AP"], 3), round(m["segm"]["AP"] - ref["segm"]["AP"], 3),
+                     a.get("matched", "-"), a.get("unmatched_fp32", "-"), a.get("unmatched_this", "-"),
+                     a.get("mask_iou_mean", "-"), a.get("mask_iou_min", "-"),
+                     a.get("score_diff_max", "-"), a.get("score_diff_mean", "-")])
+    print(f"\naccuracy on {result['dataset']} ({result['images']} images), agreement with fp32 "
+          "(detections matched by class and box IoU):")
+    print(tabulate(rows, headers=["precision", "box AP", "mask AP", "box AP - fp32", "mask AP - fp32", "matched",
+                                  "unmatched fp32", "unmatched this", "mask IoU mean", "mask IoU min",
+                                  "max |score diff|", "mean |score diff|"], tablefmt="github"))
 
 
 def _num_detections(out) -> int:
@@ -464,17 +704,23 @@ def print_run(run: Dict) -> None:
     from tabulate import tabulate
 
     rows = []
+    official = any("this_over_official" in r for r in run["contenders"].values())
     for name, r in run["contenders"].items():
-        rows.append([name, r["ms"], r["ms_per_image"], r["images_per_s"], f"{r['yolact_d2_over_this']:.3f}x",
-                     r["min_ms"], f"{r['yolact_d2_over_this_min']:.3f}x",
-                     r["cpu_ms"], f"{r['yolact_d2_over_this_cpu']:.3f}x", r["detections_first_image"]])
+        row = [name, r["ms"], "{:.0f}-{:.0f}".format(*r["quartiles_ms"]), r["ms_per_image"], r["images_per_s"],
+               f"{r['yolact_d2_over_this']:.3f}x", r["min_ms"], f"{r['yolact_d2_over_this_min']:.3f}x",
+               r["cpu_ms"], f"{r['yolact_d2_over_this_cpu']:.3f}x"]
+        if official:
+            row += [f"{r['this_over_official']:.3f}", f"{r['this_over_official_min']:.3f}", f"{r['this_over_official_cpu']:.3f}"]
+        rows.append(row + [r["detections_first_image"]])
+    headers = ["model", "median ms/batch", "p25-p75", "ms/image", "images/s", "yolact_d2 / this", "best ms/batch",
+               "yolact_d2 / this (best)", "CPU ms/batch", "yolact_d2 / this (CPU)"]
+    if official:
+        headers += ["this / official", "this / official (best)", "this / official (CPU)"]
     print(f"\n{run['dtype']}, batch {run['batch']} (medians):")
-    print(tabulate(rows, headers=["model", "median ms/batch", "ms/image", "images/s", "yolact_d2 / this",
-                                  "best ms/batch", "yolact_d2 / this (best)",
-                                  "CPU ms/batch", "yolact_d2 / this (CPU)", "dets"], tablefmt="github"))
-    if run["stages_ms"]:
-        srows = [[s, v, run["stages_cpu_ms"][s]] for s, v in run["stages_ms"].items()]
-        print(tabulate(srows, headers=["yolact_d2 stage", "wall ms/batch", "CPU ms/batch"], tablefmt="github"))
+    print(tabulate(rows, headers=headers + ["dets"], tablefmt="github"))
+    for precision, st in run.get("stages_by_precision", {}).items():
+        srows = [[s, v, st["cpu_ms"][s]] for s, v in st["ms"].items()]
+        print(tabulate(srows, headers=[f"yolact_d2 {precision} stage", "wall ms/batch", "CPU ms/batch"], tablefmt="github"))
 
 
 def main(argv=None) -> int:
