@@ -21,7 +21,8 @@ from detectron2.data import DatasetCatalog
 from detectron2.structures import BitMasks, Boxes, Instances
 from torch import nn
 
-from yolact_d2.data.video import register_ytvis_instances
+from yolact_d2.data import YolactDatasetMapper
+from yolact_d2.data.video import register_flying_chairs, register_ytvis_instances, write_flo
 from yolact_d2.evaluation import (
     FlowEPEEvaluator,
     VideoEvaluator,
@@ -301,3 +302,90 @@ def test_errors_name_the_problem(datasets):
     record = DatasetCatalog.get(datasets["handmade"])[0]
     with pytest.raises(ValueError, match="inference_on_video_dataset"):
         evaluator.process([dict(record)], [{"instances": ground_truth(record, 0)}])
+
+
+# ---------------------------------------------------------------------------- the real YolactEdge model
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_EDGE = os.path.join(REPO, "configs", "yolact_edge", "moving_shapes", "small_yolact_edge.py")
+
+
+def small_edge_model(num_classes=None, seed=0):
+    from detectron2.config import LazyConfig, instantiate
+
+    from yolact_d2.modeling import set_num_classes
+
+    cfg = LazyConfig.load(SMALL_EDGE)
+    if num_classes is not None:
+        set_num_classes(cfg.model, num_classes)
+    torch.manual_seed(seed)
+    return instantiate(cfg.model).eval()
+
+
+CLIP, INTERVAL = 3, 3  # the real-model tests (lean): 3 frames x 3 passes, warp distances 1 and 2
+
+
+@pytest.fixture(scope="module")
+def short_clips(tmp_path_factory):
+    """A clip of CLIP identical frames (nothing moves) and one whose object moves 2 px a frame."""
+    root = str(tmp_path_factory.mktemp("short"))
+    static = register(root, "evalvid_static", {3: CLIP}, [(1, "blob")], [(3, 1, 0, [rect(4, 6, 16, 24)] * CLIP)])
+    first = os.path.join(root, static, "v3", "00000.png")
+    for t in range(1, CLIP):
+        cv2.imwrite(os.path.join(root, static, "v3", f"{t:05d}.png"), cv2.imread(first))
+    moving = register(root, "evalvid_moving", {5: CLIP}, [(1, "blob")],
+                      [(5, 1, 0, [rect(4 + 2 * t, 6, 16, 24) for t in range(CLIP)])])
+    return {"static": static, "moving": moving, "root": root}
+
+
+def brute_cosine(a, b):
+    """Mean over positions of the channel cosine of two (1, C, h, w) maps, one position at a time."""
+    a, b = a[0].double(), b[0].double()
+    total = 0.0
+    for y in range(a.shape[1]):
+        for x in range(a.shape[2]):
+            u, v = a[:, y, x], b[:, y, x]
+            total += float(u @ v / (u.norm() * v.norm()))
+    return total / (a.shape[1] * a.shape[2])
+
+
+def network_inputs(model, dataset_name):
+    mapper = YolactDatasetMapper(is_train=False, augmentations=[], image_format="BGR")
+    return [model.preprocess_image([mapper(r)]).tensor for r in DatasetCatalog.get(dataset_name)]
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_feature_transfer_on_a_static_clip(short_clips):
+    """Unmoved frames: the keyframe's own P4/P5 are the recomputed ones (cos 1); the warped ones
+    match a per-position loop over the model's transfer from the keyframe d frames earlier."""
+    model = small_edge_model()
+    ft = inference_on_video_dataset(model, VideoEvaluator(short_clips["static"], INTERVAL))["feature_transfer"]
+    assert ft["num_warped_frames"] == 2 + 1  # frames t >= d, d = 1, 2
+    images = network_inputs(model, short_clips["static"])
+    for d in range(1, CLIP):
+        want = {"P4": [], "P5": []}
+        for t in range(d, CLIP):
+            _, state = model.keyframe_features(images[t - d])
+            _, own = model.keyframe_features(images[t])
+            lateral, flows = model.predict_flow(model.partial_c3(images[t]), state)
+            warped = model.transfer_features(lateral, flows, state)
+            want["P4"].append(brute_cosine(warped[1], own.features[1]))
+            want["P5"].append(brute_cosine(warped[2], own.features[2]))
+        for level in ("P4", "P5"):
+            assert ft[f"cos_keyframe_{level}_d{d}"] == pytest.approx(1.0, abs=1e-5)
+            assert ft[f"cos_warped_{level}_d{d}"] == pytest.approx(np.mean(want[level]), abs=1e-5)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_identity_transfer_on_a_moving_clip(short_clips):
+    """Zero flow, unit scale, no SPA: the warped P4/P5 are the keyframe's, so both cosines agree,
+    and are < 1 (the object moved)."""
+    from test_yolact_edge import identity_transfer
+
+    model = identity_transfer(small_edge_model(num_classes=1))
+    ft = inference_on_video_dataset(model, VideoEvaluator(short_clips["moving"], INTERVAL))["feature_transfer"]
+    for level in ("P4", "P5"):
+        for d in (1, 2):
+            assert ft[f"cos_warped_{level}_d{d}"] == pytest.approx(ft[f"cos_keyframe_{level}_d{d}"], abs=1e-4)
+        assert ft[f"cos_keyframe_{level}_d2"] < 1 - 1e-4

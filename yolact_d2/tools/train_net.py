@@ -30,6 +30,7 @@ from detectron2.engine.defaults import create_ddp_model  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.registry import locate  # noqa: E402
 
 import yolact_d2  # noqa: E402,F401  (registers the meta-arch and backbones)
 from yolact_d2.data.checks import check_datasets  # noqa: E402
@@ -47,6 +48,12 @@ from yolact_d2.engine import (  # noqa: E402
     use_config_lrs,
 )
 from yolact_d2.engine.schedule import resolve_steps  # noqa: E402
+from yolact_d2.evaluation import (  # noqa: E402
+    FlowEPEEvaluator,
+    VideoEvaluator,
+    inference_on_flow_dataset,
+    inference_on_video_dataset,
+)
 
 logger = logging.getLogger("detectron2")
 
@@ -85,7 +92,15 @@ def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         logger.warning("No dataloader.evaluator in the config: skipping evaluation.")
         return {}
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    if isinstance(evaluator, VideoEvaluator):  # plays the clips itself: only the test mapper is used
+        test = cfg.dataloader.get("test") or {}
+        mapper = instantiate(test.mapper) if "mapper" in test else None
+        results = inference_on_video_dataset(model, evaluator, mapper=mapper)
+    elif isinstance(evaluator, FlowEPEEvaluator):  # model.estimate_flow on the test loader's frame pairs
+        results = inference_on_flow_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    else:
+        results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
     if comm.is_main_process():
         print_csv_format(results)
     return results
@@ -211,8 +226,22 @@ def do_train(args, cfg):
     return trainer.storage.latest() if comm.is_main_process() else None
 
 
+def _video_evaluator_class(cfg):
+    """The class of dataloader.evaluator if it is a video or flow evaluator, else None (not built)."""
+    target = cfg.get("dataloader", {}).get("evaluator", {}).get("_target_")
+    target = locate(target) if isinstance(target, str) else target
+    return target if isinstance(target, type) and issubclass(target, (VideoEvaluator, FlowEPEEvaluator)) else None
+
+
 def do_eval_only(cfg, precision: str = "fp32"):
     check_precision(precision, cfg.train.device)  # before any work: names what the machine lacks
+    video = _video_evaluator_class(cfg)
+    if precision == "int8" and video is not None:
+        raise PrecisionError(
+            f"--precision int8 with {video.__name__}: train_net evaluates int8 through the single-image ONNX "
+            "graph, which has no keyframe state or flow; evaluate the video model at fp32 or bf16 (VideoPredictor("
+            "..., precision='int8') runs the int8 keyframe / non-keyframe graphs)."
+        )
     check_datasets(cfg, splits=("test",))
     model = build_model(cfg)
     weights = cfg.train.init_checkpoint
