@@ -122,6 +122,7 @@ def test_flying_chairs_errors_name_the_file(tmp_path):
 POLY = [[1.0, 1.0, 3.0, 1.0, 3.0, 3.0, 1.0, 3.0]]
 # rows 1-2, columns 2-3 set; column-major runs: 9 zeros, 2 ones, 2 zeros, 2 ones, 9 zeros
 RLE = {"size": [4, 6], "counts": [9, 2, 2, 2, 9]}
+RLE_COMPRESSED = {"size": [4, 6], "counts": "92207"}  # the same mask, as pycocotools' string
 
 
 def _ytvis():
@@ -136,6 +137,7 @@ def _ytvis():
              "areas": [4, None, 4]},
             {"id": 12, "video_id": 7, "category_id": 2, "iscrowd": 1,
              "segmentations": [None, None, None], "bboxes": [None, [0, 0, 3, 3], None]},
+            {"id": 13, "video_id": 3, "category_id": 2, "segmentations": [RLE_COMPRESSED], "bboxes": [None]},
         ],
     }
 
@@ -168,8 +170,11 @@ def test_ytvis_records_exactly_as_written_by_hand(tmp_path):
         dict(file_name=v7[2], height=4, width=6, image_id=2, video_id=7, frame_idx=2, video_frames=v7,
              video_frame_idx=2, annotations=[dict(bbox=[2.0, 1.0, 2.0, 2.0], bbox_mode=xywh, segmentation=RLE,
                                                   category_id=1, iscrowd=0, track_id=11)]),
+        # no iscrowd key: 0; a compressed RLE with a null bbox: its box
         dict(file_name=f"{root}/v3/00000.jpg", height=4, width=6, image_id=3, video_id=3, frame_idx=0,
-             video_frames=[f"{root}/v3/00000.jpg"], video_frame_idx=0, annotations=[]),
+             video_frames=[f"{root}/v3/00000.jpg"], video_frame_idx=0, annotations=[dict(
+                 bbox=[2.0, 1.0, 2.0, 2.0], bbox_mode=xywh, segmentation=RLE_COMPRESSED, category_id=0,
+                 iscrowd=0, track_id=13)]),
     ]
     records = DatasetCatalog.get(name)
     assert records == expected
@@ -423,12 +428,32 @@ def test_pair_mapper_flying_chairs_pair(tmp_path):
     np.testing.assert_allclose(out["flow"][1].numpy(), 8 / 3, rtol=1e-6)
 
 
-def test_ytvis_dataset_maps_in_a_dataloader_worker(tmp_path, pair):
-    """Records and mapper are picklable: Detectron2's test loader with a worker process."""
+class _CatalogInWorker(torch.utils.data.Dataset):
+    def __init__(self, name):
+        self.name = name
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        return DatasetCatalog.get(self.name)
+
+
+def _as_is(batch):
+    return batch
+
+
+def test_ytvis_dataset_loads_and_maps_in_a_dataloader_worker(tmp_path, pair):
+    """DatasetCatalog.get inside a worker process, its records sent back (picklable); then
+    Detectron2's test loader mapping pairs in a worker."""
     data = {"videos": [{"id": 1, "height": H, "width": W, "file_names": [os.path.basename(p) for p in pair["paths"]]}],
             "categories": [{"id": 1, "name": "box"}], "annotations": []}
     name = register_ytvis_instances("ytvis_test_worker", _write_json(tmp_path, data),
                                     os.path.dirname(pair["paths"][0]))
+    in_worker = next(iter(torch.utils.data.DataLoader(_CatalogInWorker(name), batch_size=None, num_workers=1,
+                                                      collate_fn=_as_is)))
+    assert in_worker == DatasetCatalog.get(name) and len(in_worker) == 3
+    assert isinstance(in_worker[0]["video_frames"], VideoFrames)
     mapper = VideoPairMapper(False, [YolactResize(32)], reference_gap=(2, 2), flow_source=ConstantFlow())
     loader = build_detection_test_loader(DatasetCatalog.get(name), mapper=mapper, num_workers=1)
     out = [batch[0] for batch in loader]
