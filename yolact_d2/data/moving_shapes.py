@@ -21,12 +21,13 @@ enter it. Per-frame masks are of the VISIBLE part; an object absent, fully hidde
 frame (or with fewer than ``min_area`` visible pixels) is null there.
 
 Coordinates: pixel (row i, column j) covers [j, j+1) x [i, i+1) (pycocotools' and Detectron2's
-convention) and belongs to a shape exactly when its centre (j + 0.5, i + 0.5) is inside it. Object k at frame t is its unit
-polygon P_k mapped by A_t(u) = s_t R(a_t) u + c_t (R(a) = [[cos a, -sin a], [sin a, cos a]] acting on
-column vectors (x, y)). The flow from a target frame t to a reference frame r (the project's
-convention: backward flow in pixels, target(x, y) ~= reference(x + u, y + v)) at a pixel p of
-object k is A_r(A_t^-1(p)) - p: where that point of the topmost object covering p was in the
-reference frame (also when it was hidden or outside there); 0 on the background.
+convention) and belongs to a shape exactly when its centre (j + 0.5, i + 0.5) is inside it.
+Object k at frame t is its unit polygon P_k mapped by A_t(u) = s_t R(a_t) u + c_t, with
+R(a) = [[cos a, -sin a], [sin a, cos a]] acting on column vectors (x, y). The flow from a target
+frame t to a reference frame r (the project's convention: backward flow in pixels,
+target(x, y) ~= reference(x + u, y + v)) at a pixel p of object k is A_r(A_t^-1(p)) - p: where
+that point of the topmost object covering p was in the reference frame (also when it was hidden
+or outside there); 0 on the background.
 """
 import functools
 import inspect
@@ -83,10 +84,24 @@ def _rotation(angle):
     return np.array([[c, -s], [s, c]])
 
 
+def _pixel_centres(h, w):
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    return np.stack([xs + 0.5, ys + 0.5], -1)  # (h, w, 2) as (x, y)
+
+
+def _to_unit(obj, t, points):
+    """A_t^-1 of (..., 2) pixel points: the object's own unit coordinates."""
+    return (points - np.asarray(obj["center"][t])) @ _rotation(obj["angle"][t]) / obj["scale"][t]
+
+
+def _from_unit(obj, t, unit_points):
+    """A_t of (..., 2) points in the object's unit coordinates: pixels at frame t."""
+    return obj["scale"][t] * unit_points @ _rotation(obj["angle"][t]).T + np.asarray(obj["center"][t])
+
+
 def _object_polygon(obj, t):
     """Vertices (K, 2) in pixels of object `obj` (a motion-record entry) at frame t."""
-    unit = np.asarray(obj["polygon"], dtype=np.float64)
-    return obj["scale"][t] * unit @ _rotation(obj["angle"][t]).T + np.asarray(obj["center"][t])
+    return _from_unit(obj, t, np.asarray(obj["polygon"], dtype=np.float64))
 
 
 def _sample_leaving_track(rng, size, num_frames, extent, scales, max_speed):
@@ -182,16 +197,6 @@ def render_object_ids(motion, t):
     return ids
 
 
-def _pixel_centres(h, w):
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    return np.stack([xs + 0.5, ys + 0.5], -1)  # (h, w, 2) as (x, y)
-
-
-def _to_unit(obj, t, points):
-    """A_t^-1 of (..., 2) pixel points: the object's own unit coordinates."""
-    return (points - np.asarray(obj["center"][t])) @ _rotation(obj["angle"][t]) / obj["scale"][t]
-
-
 def render_flow(motion, target, reference, ids=None):
     """The exact backward flow (h, w, 2) float32, in pixels, from frame `target` to frame
     `reference` of a clip's motion record: at a pixel of object k, A_r(A_t^-1(p)) - p; 0 on the
@@ -213,7 +218,7 @@ def render_flow(motion, target, reference, ids=None):
             continue
         p = centres[sel]
         u = _to_unit(obj, target, p)
-        q = obj["scale"][reference] * u @ _rotation(obj["angle"][reference]).T + np.asarray(obj["center"][reference])
+        q = _from_unit(obj, reference, u)
         flow[sel] = q - p
     return flow.astype(np.float32)
 
@@ -459,7 +464,8 @@ class MovingShapesFlow:
     def motion_file(self, target):
         frames_dir = os.path.dirname(os.path.abspath(target["file_name"]))
         clip = os.path.basename(frames_dir)
-        motion_root = self.motion_root or os.path.join(os.path.dirname(os.path.dirname(frames_dir)), _MOTION_DIR)
+        split_dir = os.path.dirname(os.path.dirname(frames_dir))
+        motion_root = self.motion_root or os.path.join(split_dir, _MOTION_DIR)
         return os.path.join(motion_root, f"{clip}.json")
 
     @staticmethod
@@ -594,7 +600,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     root = args.root or moving_shapes_default_root()
     try:
-        if read_generation_params(root) is None:  # a set already there (any parameters, e.g. a config's) is used as is
+        if read_generation_params(root) is None:  # a set already there (e.g. a config's) is used as is
             generate_moving_shapes_dataset(root)
         print(write_clip_video(root, args.video_index, args.write_video, split=args.split))
     except (IndexError, OSError) as e:  # one line naming the problem, not a traceback
