@@ -408,11 +408,8 @@ def test_write_clip_video_plays_the_clip(dataset, tmp_path):
     path = write_clip_video(names[0], 2, str(tmp_path / "clip.mp4"))
     cap = cv2.VideoCapture(path)
     frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
+    while (got := cap.read())[0]:
+        frames.append(got[1])
     cap.release()
     assert len(frames) == FRAMES
     for t, name in enumerate(ytvis["videos"][2]["file_names"]):

@@ -30,7 +30,6 @@ that point of the topmost object covering p was in the reference frame (also whe
 or outside there); 0 on the background.
 """
 import functools
-import inspect
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from .datasets import category_metadata, register_dataset
 from .shapes import (
     ALL_KINDS,
     DEFAULT_KINDS,
+    checked_generation_params,
     datasets_root,
     random_colour,
     read_generation_params,
@@ -533,9 +533,7 @@ def prepare_moving_shapes(root=None, prefix="moving_shapes", **generate_kwargs):
     DatasetCatalog. Class names are in the metadata at once, and `motion_root` (for
     moving_shapes_flow_source); bad parameters raise now. Returns the names."""
     root = os.path.abspath(root or moving_shapes_default_root())
-    bound = inspect.signature(generate_moving_shapes_dataset).bind(root, **generate_kwargs)
-    bound.apply_defaults()
-    params = _params(**{k: v for k, v in bound.arguments.items() if k != "root"})  # checks them
+    params = checked_generation_params(generate_moving_shapes_dataset, _params, root, generate_kwargs)
     categories = category_metadata(shape_categories(params["kinds"]), root)
     names = []
     for split in _SPLITS:

@@ -51,6 +51,7 @@ __all__ = [
     "fresh_dir",
     "read_generation_params",
     "write_atomically",
+    "checked_generation_params",
 ]
 
 logger = logging.getLogger(__name__)
@@ -400,15 +401,21 @@ def _generate_and_load(root, split, name, generate_kwargs):
     return load_coco_json_checked(json_file, image_root, name)
 
 
+def checked_generation_params(generate, check, root, generate_kwargs):
+    """The parameters generate(root, **generate_kwargs) would record (its defaults filled in),
+    through `check` (which raises on bad ones): so a lazy registration fails now, writing nothing."""
+    bound = inspect.signature(generate).bind(root, **generate_kwargs)
+    bound.apply_defaults()
+    return check(**{k: v for k, v in bound.arguments.items() if k != "root"})
+
+
 def prepare_shapes(root=None, prefix="shapes", **generate_kwargs):
     """Register "<prefix>_train" / "<prefix>_val" for the shapes set generated at `root` (default:
     shapes_default_root()) with these generate_shapes_dataset parameters. Nothing is written now:
     a split is generated (idempotently, atomically) when it is first read through DatasetCatalog.
     Class names are in the metadata at once; bad parameters raise now. Returns the names."""
     root = os.path.abspath(root or shapes_default_root())
-    bound = inspect.signature(generate_shapes_dataset).bind(root, **generate_kwargs)
-    bound.apply_defaults()
-    params = _params(**{k: v for k, v in bound.arguments.items() if k != "root"})  # checks them
+    params = checked_generation_params(generate_shapes_dataset, _params, root, generate_kwargs)
     categories = category_metadata(shape_categories(params["kinds"]), root)
     names = []
     for split in _SPLITS:
