@@ -40,8 +40,8 @@ import pycocotools.mask as mask_util
 
 from .datasets import category_metadata, register_dataset
 from .shapes import (
-    ALL_KINDS,
     DEFAULT_KINDS,
+    check_shape_params,
     checked_generation_params,
     datasets_root,
     random_colour,
@@ -272,17 +272,9 @@ def _params(num_train_clips, num_val_clips, num_frames, image_size, seed, kinds,
             max_objects, min_size, max_size, max_speed, max_rotation, max_scale_change, leave_prob,
             enter_prob, min_area, object_texture, background_texture, background_noise, image_ext):
     """The checked generation parameters (also the idempotency record, generation.json)."""
-    bad = [k for k in kinds if k not in ALL_KINDS]
-    if bad or not kinds:
-        raise ValueError(f"Unknown shape kinds {bad} (choose from {ALL_KINDS}).")
-    if not (1 <= min_objects <= max_objects):
-        raise ValueError(f"Need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}.")
-    if not (0 < min_size <= max_size <= 1):
-        raise ValueError(f"Need 0 < min_size <= max_size <= 1, got {min_size}, {max_size}.")
+    check_shape_params(kinds, min_objects, max_objects, min_size, max_size, image_size, image_ext)
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2 (a clip needs frame pairs), got {num_frames}.")
-    if image_size < 32:
-        raise ValueError(f"image_size must be >= 32 pixels, got {image_size}.")
     if not (leave_prob >= 0 and enter_prob >= 0 and leave_prob + enter_prob <= 1):
         raise ValueError(f"leave_prob and enter_prob must be >= 0 with a sum <= 1, got {leave_prob}, "
                          f"{enter_prob}.")
@@ -290,8 +282,6 @@ def _params(num_train_clips, num_val_clips, num_frames, image_size, seed, kinds,
         raise ValueError(f"Need max_speed > 0 (pixels a frame), max_scale_change >= 1 and "
                          f"max_rotation >= 0 (radians a frame), got {max_speed}, {max_scale_change}, "
                          f"{max_rotation}.")
-    if image_ext not in ("png", "jpg"):
-        raise ValueError(f"image_ext must be 'png' or 'jpg', got {image_ext!r}.")
     if num_train_clips < 0 or num_val_clips < 0:
         raise ValueError(f"Clip counts must be >= 0, got {num_train_clips}, {num_val_clips}.")
     return dict(

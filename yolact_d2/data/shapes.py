@@ -52,6 +52,7 @@ __all__ = [
     "read_generation_params",
     "write_atomically",
     "checked_generation_params",
+    "check_shape_params",
 ]
 
 logger = logging.getLogger(__name__)
@@ -208,9 +209,8 @@ def _occluders(objects, obj):
 
 
 # ----------------------------------------------------------------------------- dataset
-def _params(num_train, num_val, image_size, seed, kinds, min_objects, max_objects, min_size,
-            max_size, min_visible, rle_fraction, crowd_prob, image_ext):
-    """The checked generation parameters (also the idempotency record, generation.json)."""
+def check_shape_params(kinds, min_objects, max_objects, min_size, max_size, image_size, image_ext):
+    """Raise ValueError naming a bad parameter of the objects and images of a generated set."""
     bad = [k for k in kinds if k not in ALL_KINDS]
     if bad or not kinds:
         raise ValueError(f"Unknown shape kinds {bad} (choose from {ALL_KINDS}).")
@@ -222,6 +222,12 @@ def _params(num_train, num_val, image_size, seed, kinds, min_objects, max_object
         raise ValueError(f"image_ext must be 'png' or 'jpg', got {image_ext!r}.")
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 pixels, got {image_size}.")
+
+
+def _params(num_train, num_val, image_size, seed, kinds, min_objects, max_objects, min_size,
+            max_size, min_visible, rle_fraction, crowd_prob, image_ext):
+    """The checked generation parameters (also the idempotency record, generation.json)."""
+    check_shape_params(kinds, min_objects, max_objects, min_size, max_size, image_size, image_ext)
     return dict(
         generator_version=_GENERATOR_VERSION, num_train=int(num_train), num_val=int(num_val),
         image_size=int(image_size), seed=int(seed), kinds=list(kinds),
