@@ -38,9 +38,11 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     assert steps["ddp_nccl"]["status"] == "skipped" and "dry run" in steps["ddp_nccl"]["reason"]
     op = steps["op_tests"]
     assert op["status"] == "skipped" and "dry run" in op["reason"]
-    # oracle: pytest's own collection of the CUDA tests in tests/test_ops.py
+    # oracle: pytest's own collection of the CUDA tests in tests/test_ops.py and tests/test_realtime.py
     collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                                "tests/test_ops.py", "-k", "cuda"], cwd=REPO, capture_output=True, text=True)
+                                "tests/test_ops.py", "tests/test_realtime.py", "-k", "cuda"], cwd=REPO,
+                               capture_output=True, text=True)
+    assert any("test_realtime.py::" in ln for ln in collected.stdout.splitlines())
     n_cuda = len([ln for ln in collected.stdout.splitlines() if "::" in ln])
     assert n_cuda > 0 and op["pytest"] == {"passed": 0, "failed": 0, "skipped": n_cuda, "error": 0}
     for name in ("ops_compare", "inference", "train_amp", "benchmark_ops", STEPS[-1]):
@@ -60,6 +62,12 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     frames = steps["inference"]["figures"][TINY]["frames"]
     assert len(frames) == 1 and frames[0]["detections_cpu"] == frames[0]["detections_device"] > 0
     assert frames[0]["max_score_diff"] == 0.0 and frames[0]["mean_mask_iou"] == 1.0
+    # the fast path's CPU form against the CPU eager path: bit for bit, so exact figures too
+    fast = steps["inference"]["figures"][TINY]["fast_path"]
+    assert fast["fp32"]["status"] == "passed" and fast["fp32"]["frames"] == frames
+    assert fast["fp32"]["cuda_graphs"] is False and "CUDA graphs need a CUDA device" in fast["fp32"]["cuda_graphs_off_because"]
+    assert fast["fp32"]["pinned_upload"] is False and "no host-to-device upload" in fast["fp32"]["pinned_off_because"]
+    assert fast["fp16"]["status"] == "skipped" and "fp16" in fast["fp16"]["reason"] and "CUDA" in fast["fp16"]["reason"]
 
     # training: 3 CPU iterations without AMP; oracle: the trainer's own metrics.json
     tr = steps["train_amp"]
@@ -76,6 +84,12 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     run = steps[STEPS[-1]]["results"]["runs"][0]
     assert run["batch"] == 1 and run["dtype"] == "fp32"
     assert json.dumps(run["contenders"]["yolact_d2"]).count("ms") > 0
+    # eager vs the fast path, end to end: the fps summary is the runs' own images/s at batch 1
+    fps = steps[STEPS[-1]]["fps"]
+    assert {"yolact_d2", "yolact_d2 fast path"} <= set(fps) and all(v > 0 for v in fps.values())
+    assert fps["yolact_d2 fast path"] == run["contenders"]["yolact_d2 fast path"]["images_per_s"]
+    assert run["contenders"]["yolact_d2 fast path"]["detections_first_image"] == run["contenders"]["yolact_d2"][
+        "detections_first_image"]
 
 
 def test_spent_budget_skips_every_step_with_the_reason(tmp_path):

@@ -237,6 +237,11 @@ class RealtimeEngine:
         """The cached (batch, height, width) keys, least recently used first."""
         return list(self._entries)
 
+    @property
+    def graph_errors(self) -> Dict[str, str]:
+        """Input sizes whose CUDA graph capture failed (they run without a graph), with the error."""
+        return {str(k): e.graph_error for k, e in self._entries.items() if e.graph_error}
+
     def entry(self, batch: int, height: int, width: int) -> SizeEntry:
         key = (int(batch), int(height), int(width))
         found = self._entries.get(key)
@@ -294,7 +299,9 @@ class RealtimeEngine:
         """The padded outputs in the entry's static buffers (overwritten by the next run of that size)."""
         height, width = frames[0].shape[:2]
         entry = self.entry(len(frames), height, width)
-        with torch.inference_mode():
+        # An outer autocast (e.g. a caller's fp16 context) would move the float32 post-processing
+        # to fp16 and change the graph: the precision is the network's dtype, nothing else.
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             self._upload(entry, frames)
             return self._run(entry)
 
