@@ -389,3 +389,177 @@ def test_identity_transfer_on_a_moving_clip(short_clips):
         for d in (1, 2):
             assert ft[f"cos_warped_{level}_d{d}"] == pytest.approx(ft[f"cos_keyframe_{level}_d{d}"], abs=1e-4)
         assert ft[f"cos_keyframe_{level}_d2"] < 1 - 1e-4
+
+
+# ---------------------------------------------------------------------------- flow EPE
+FLOW_H, FLOW_W, UNKNOWN_ROWS = 24, 32, 4
+GT_FLOW = (3.0, -4.0)  # every pixel moved by (3, -4): |gt| = 5
+ESTIMATE = (1.0, 0.0)  # what the double predicts: |estimate - gt| = sqrt(2^2 + 4^2) = sqrt(20)
+
+
+@pytest.fixture(scope="module")
+def chairs(tmp_path_factory):
+    """Two FlyingChairs-format pairs (.ppm + .flo) with a known translation; the first rows unknown
+    (pair 1: NaN, pair 2: Middlebury's > 1e9 marker)."""
+    root = tmp_path_factory.mktemp("chairs")
+    data = root / "data"
+    data.mkdir()
+    for k, unknown in ((1, np.nan), (2, 1e10)):
+        for img in (1, 2):
+            cv2.imwrite(str(data / f"{k:05d}_img{img}.ppm"), np.full((FLOW_H, FLOW_W, 3), 40 * img + k, np.uint8))
+        flow = np.empty((FLOW_H, FLOW_W, 2), np.float32)
+        flow[...] = GT_FLOW
+        flow[:UNKNOWN_ROWS] = unknown
+        write_flo(str(data / f"{k:05d}_flow.flo"), flow)
+    name = "evalflow_chairs"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    return register_flying_chairs(name, str(root), split="all")
+
+
+class FlowDouble(nn.Module):
+    """estimate_flow at `scale` x the image size (a model that resizes its input), in pixels of that
+    size: the constant ESTIMATE, and garbage where the gt is unknown (it must not count)."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def estimate_flow(self, batched_inputs):
+        out = []
+        for d in batched_inputs:
+            h, w = (s * self.scale for s in d["image"].shape[-2:])
+            flow = torch.empty(2, h, w)
+            flow[0], flow[1] = ESTIMATE[0] * self.scale, ESTIMATE[1] * self.scale
+            flow[:, : UNKNOWN_ROWS * self.scale] = 1e6
+            out.append(flow)
+        return out
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_flow_epe_of_a_known_translation(chairs, scale):
+    from detectron2.data import build_detection_test_loader
+
+    from yolact_d2.data.video import VideoPairMapper
+
+    loader = build_detection_test_loader(DatasetCatalog.get(chairs), mapper=VideoPairMapper(is_train=False))
+    results = inference_on_flow_dataset(FlowDouble(scale), loader, FlowEPEEvaluator(chairs))
+    assert set(results) == {"flow"}
+    assert results["flow"]["EPE"] == pytest.approx(np.sqrt(20.0), rel=1e-6)
+    assert results["flow"]["EPE_zero"] == pytest.approx(5.0, rel=1e-6)
+    assert results["flow"]["valid_fraction"] == pytest.approx((FLOW_H - UNKNOWN_ROWS) / FLOW_H)
+
+
+def test_flow_evaluator_errors(chairs):
+    evaluator = FlowEPEEvaluator(chairs)
+    with pytest.raises(ValueError, match="no gt 'flow'"):
+        evaluator.process([{"file_name": "x.png", "image": torch.zeros(3, 4, 4)}], [torch.zeros(2, 4, 4)])
+    with pytest.raises(TypeError, match="estimate_flow"):
+        inference_on_flow_dataset(nn.Linear(1, 1), [], evaluator)
+    assert evaluator.evaluate() == {}  # nothing seen: a warning, no made-up number
+
+
+# ---------------------------------------------------------------------------- tools/train_net.py
+VIDEO_CONFIG = '''
+from omegaconf import OmegaConf
+from detectron2.config import LazyCall as L, LazyConfig
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from yolact_d2.data import YolactDatasetMapper
+from yolact_d2.data.video import register_ytvis_instances
+from yolact_d2.evaluation import VideoEvaluator
+from yolact_d2.modeling import set_num_classes
+
+register_ytvis_instances("evalvid_cli", {json!r}, {images!r})
+model = LazyConfig.load({model!r}).model
+set_num_classes(model, 1)
+train = LazyConfig.load({train!r}).train
+train.device = "cpu"
+dataloader = OmegaConf.create()
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="evalvid_cli", filter_empty=False),
+    mapper=L(YolactDatasetMapper)(is_train=False, augmentations=[], image_format="BGR"),
+    num_workers=0,
+)
+dataloader.evaluator = L(VideoEvaluator)(
+    dataset_name="${{..test.dataset.names}}", keyframe_interval={interval}, output_dir="${{train.output_dir}}"
+)
+'''
+
+
+@pytest.fixture(scope="module")
+def video_config(short_clips, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    path = root / "video_eval.py"
+    path.write_text(VIDEO_CONFIG.format(
+        json=os.path.join(short_clips["root"], f"{short_clips['static']}.json"),
+        images=os.path.join(short_clips["root"], short_clips["static"]), model=SMALL_EDGE,
+        train=os.path.join(REPO, "configs", "common", "train.py"), interval=INTERVAL))
+    weights = root / "model.pth"
+    torch.save({"model": small_edge_model(num_classes=1).state_dict()}, weights)
+    return str(path), str(weights)
+
+
+@pytest.mark.slow
+def test_train_net_eval_only_runs_the_video_evaluation(video_config, tmp_path):
+    """The real CLI: --eval-only on a video config prints and writes the video tables; on the
+    static clip the keyframe's unwarped P4/P5 are the recomputed ones (cos 1)."""
+    import subprocess
+    import sys
+
+    config, weights = video_config
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config, "--eval-only",
+         f"train.init_checkpoint={weights}", f"train.output_dir={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "video_evaluation.json") as f:
+        results = json.load(f)
+    assert {"bbox", "segm", "bbox_keyframe", "segm_keyframe", "bbox_warp1", "segm_warp2"} <= set(results)
+    assert results["feature_transfer"]["cos_keyframe_P4"] == pytest.approx(1.0, abs=1e-5)
+    assert "copypaste: Task: segm_warp1" in proc.stderr + proc.stdout  # Detectron2's print_csv_format
+
+
+def test_train_net_dispatch_in_process(video_config, chairs):
+    """do_test sends a FlowEPEEvaluator config to estimate_flow; --precision int8 on a video config
+    is an error naming the evaluator, before anything is built."""
+    from detectron2.config import LazyCall as L, LazyConfig
+    from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+    from omegaconf import OmegaConf
+
+    from yolact_d2.data.video import VideoPairMapper
+    from yolact_d2.deploy.precision import PrecisionError
+    from yolact_d2.tools import train_net
+
+    cfg = OmegaConf.create({"dataloader": {}})
+    cfg.dataloader.test = L(build_detection_test_loader)(
+        dataset=L(get_detection_dataset_dicts)(names=chairs, filter_empty=False), mapper=L(VideoPairMapper)(is_train=False)
+    )
+    cfg.dataloader.evaluator = L(FlowEPEEvaluator)(dataset_name=chairs)
+    results = train_net.do_test(cfg, FlowDouble(1))
+    assert results["flow"]["EPE"] == pytest.approx(np.sqrt(20.0), rel=1e-6)
+
+    video_cfg = LazyConfig.load(video_config[0])
+    with pytest.raises(PrecisionError, match="VideoEvaluator"):
+        train_net.do_eval_only(video_cfg, "int8")
+
+
+@pytest.mark.slow
+def test_train_net_bf16_video_evaluation_is_close_to_fp32(video_config, tmp_path):
+    """--precision bf16 runs the video passes on the bf16 network: the oracle is the fp32 model."""
+    from detectron2.config import LazyConfig
+
+    from yolact_d2.deploy.precision import PrecisionError, check_precision
+    from yolact_d2.tools import train_net
+
+    try:
+        check_precision("bf16", "cpu")
+    except PrecisionError as e:
+        pytest.skip(str(e))
+    cfg = LazyConfig.load(video_config[0])
+    cfg.train.init_checkpoint, cfg.train.output_dir = video_config[1], str(tmp_path)
+    fp32, bf16 = train_net.do_eval_only(cfg, "fp32"), train_net.do_eval_only(cfg, "bf16")
+    assert set(fp32) == set(bf16)
+    for key, value in fp32["feature_transfer"].items():
+        assert bf16["feature_transfer"][key] == pytest.approx(value, abs=0.02), key

@@ -234,7 +234,6 @@ def _video_evaluator_class(cfg):
 
 
 def do_eval_only(cfg, precision: str = "fp32"):
-    check_precision(precision, cfg.train.device)  # before any work: names what the machine lacks
     video = _video_evaluator_class(cfg)
     if precision == "int8" and video is not None:
         raise PrecisionError(
@@ -242,6 +241,7 @@ def do_eval_only(cfg, precision: str = "fp32"):
             "graph, which has no keyframe state or flow; evaluate the video model at fp32 or bf16 (VideoPredictor("
             "..., precision='int8') runs the int8 keyframe / non-keyframe graphs)."
         )
+    check_precision(precision, cfg.train.device)  # before any work: names what the machine lacks
     check_datasets(cfg, splits=("test",))
     model = build_model(cfg)
     weights = cfg.train.init_checkpoint
