@@ -25,6 +25,7 @@ from .mapper import AnnotationError, check_polygons, check_rle
 __all__ = [
     "category_metadata",
     "check_coco_json",
+    "json_dataset_metadata",
     "load_coco_json_checked",
     "load_json",
     "read_coco_categories",
@@ -236,6 +237,20 @@ def register_dataset(name, loader, metadata):
     return name
 
 
+def json_dataset_metadata(name, json_file, image_root, evaluator_type, metadata=None):
+    """The metadata of a dataset registered from a json with a "categories" list (COCO, YouTube-VIS):
+    json_file, image_root, evaluator_type, the class names read now when the json exists (else a
+    warning: they are set when it is loaded), then `metadata`."""
+    meta = dict(json_file=json_file, image_root=image_root, evaluator_type=evaluator_type)
+    if os.path.isfile(json_file):
+        meta.update(category_metadata(read_coco_categories(json_file), json_file))
+    else:
+        logger.warning(f"Dataset {name!r}: {json_file!r} does not exist (yet); its class names will "
+                       "be known once it is loaded.")
+    meta.update(metadata or {})
+    return meta
+
+
 def register_coco_dataset(name, json_file, image_root, metadata=None):
     """Register a COCO-format instance dataset under `name` (like register_coco_instances, but with
     thing_classes known now and the json checked on load); re-registering the same files is a
@@ -244,11 +259,5 @@ def register_coco_dataset(name, json_file, image_root, metadata=None):
     A json that does not exist yet is registered without class names (a warning says so); they
     are set when it is loaded."""
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-    meta = dict(json_file=json_file, image_root=image_root, evaluator_type="coco")
-    if os.path.isfile(json_file):
-        meta.update(category_metadata(read_coco_categories(json_file), json_file))
-    else:
-        logger.warning(f"Dataset {name!r}: {json_file!r} does not exist (yet); its class names will "
-                       "be known once it is loaded.")
-    meta.update(metadata or {})
+    meta = json_dataset_metadata(name, json_file, image_root, "coco", metadata)
     return register_dataset(name, functools.partial(load_coco_json_checked, json_file, image_root, name), meta)

@@ -26,7 +26,7 @@ from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform, TransformList
 
 from .augmentations import InstanceAugInput, YolactResize
-from .datasets import category_metadata, load_json, read_coco_categories, register_dataset
+from .datasets import category_metadata, json_dataset_metadata, load_json, register_dataset
 from .mapper import AnnotationError, ImageReadError, YolactDatasetMapper, check_polygons, check_rle
 
 __all__ = [
@@ -435,15 +435,8 @@ def register_ytvis_instances(name, json_file, image_root, metadata=None, all_fra
     a no-op. Returns `name`."""
     json_file, image_root = os.path.abspath(os.fspath(json_file)), os.path.abspath(os.fspath(image_root))
     all_frames_root = os.path.abspath(os.fspath(all_frames_root)) if all_frames_root else None
-    meta = dict(json_file=json_file, image_root=image_root, evaluator_type="ytvis")
-    if all_frames_root:
-        meta["all_frames_root"] = all_frames_root
-    if os.path.isfile(json_file):
-        meta.update(category_metadata(read_coco_categories(json_file), json_file))
-    else:
-        logger.warning(f"Dataset {name!r}: {json_file!r} does not exist (yet); its class names will "
-                       "be known once it is loaded.")
-    meta.update(metadata or {})
+    extra = dict(all_frames_root=all_frames_root) if all_frames_root else {}
+    meta = json_dataset_metadata(name, json_file, image_root, "ytvis", dict(extra, **(metadata or {})))
     loader = functools.partial(load_ytvis_json, json_file, image_root, name, all_frames_root)
     return register_dataset(name, loader, meta)
 
