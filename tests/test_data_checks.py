@@ -111,3 +111,29 @@ def test_matching_class_count_trains(two_class, tmp_path):
     proc = train_net(write_config(two_class, "matching", MATCHING), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "model_final.pth").exists()
+
+
+def test_flow_pair_datasets_need_no_classes_or_instances(tmp_path):
+    """A FlyingChairs train set (flow pre-training) passes check_datasets; an image set without
+    annotations still does not."""
+    import cv2
+    import numpy as np
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from omegaconf import OmegaConf
+
+    from yolact_d2.data import DatasetCheckError, check_datasets
+    from yolact_d2.data.video import register_flying_chairs, write_flo
+
+    data = tmp_path / "FlyingChairs_release" / "data"
+    data.mkdir(parents=True)
+    for i in (1, 2):
+        cv2.imwrite(str(data / f"00001_img{i}.ppm"), np.zeros((3, 4, 3), np.uint8))
+    write_flo(data / "00001_flow.flo", np.zeros((3, 4, 2), np.float32))
+    name = register_flying_chairs("chairs_check_train", data.parent, split="all")
+    cfg = OmegaConf.create(dict(model=dict(num_classes=4), dataloader=dict(train=dict(dataset=dict(names=name)))))
+    check_datasets(cfg, splits=("train",))
+    DatasetCatalog.register("unlabelled_check_train", lambda: [dict(file_name="a.png", annotations=[])])
+    MetadataCatalog.get("unlabelled_check_train").set(thing_classes=["a", "b", "c", "d"])
+    cfg.dataloader.train.dataset.names = "unlabelled_check_train"
+    with pytest.raises(DatasetCheckError, match="no \\(non-crowd\\) annotations"):
+        check_datasets(cfg, splits=("train",))

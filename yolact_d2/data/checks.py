@@ -50,6 +50,8 @@ def _check_one(name, split, dicts, num_classes, model_cfg):
         f", {meta.json_file}" if meta.get("json_file") else "") + ")"
     if not dicts:
         raise DatasetCheckError(f"{where} has no images. Check its annotation file and image_root.")
+    if meta.get("evaluator_type") == "flow":
+        return  # optical-flow pairs (FlyingChairs, for flow pre-training): no classes, no instances
     classes = meta.get("thing_classes")
     if classes is not None and len(classes) != num_classes:
         raise DatasetCheckError(
