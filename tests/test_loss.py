@@ -218,6 +218,29 @@ def test_semseg_loss_by_hand():
     assert out["loss_semseg"].item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_semseg_target_is_the_per_class_union_brute_force():
+    # Two overlapping GT masks of class 1, one of class 0, none of class 2; masks at the P3 size, so
+    # the downsampling is the identity. Oracle: the union per class and the BCE, pixel by pixel.
+    h, w, num_classes = 5, 6, 3
+    masks = torch.zeros(3, h, w, dtype=torch.bool)
+    masks[0, 0:3, 0:4] = True
+    masks[1, 2:5, 2:6] = True
+    masks[2, 1:4, 1:3] = True
+    classes = [1, 1, 0]
+    target = _target([[0, 0, 4, 3], [2, 2, 6, 5], [1, 1, 3, 4]], classes, (h, w), masks=masks)
+    segm = torch.randn(1, num_classes, h, w, generator=torch.Generator().manual_seed(0))
+    loss = YolactLoss(num_classes=num_classes, semseg_weight=1.0)._semseg_loss(
+        segm, [target], [torch.tensor(classes)])
+    total = 0.0
+    for c in range(num_classes):
+        for y in range(h):
+            for x in range(w):
+                t = float(any(classes[g] == c and masks[g, y, x] for g in range(3)))
+                z = float(segm[0, c, y, x])
+                total += max(z, 0) - z * t + math.log1p(math.exp(-abs(z)))  # BCE with logits
+    assert loss.item() == pytest.approx(total / (h * w), rel=1e-6)
+
+
 class _MeanIoUNet(nn.Module):
     """Stand-in mask-IoU net with a hand-computable output: class c predicts (c+1) * mean(mask)."""
 

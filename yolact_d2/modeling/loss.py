@@ -402,10 +402,12 @@ class YolactLoss(nn.Module):
             with torch.no_grad():
                 gt_masks = _gt_bitmasks(targets[b]["instances"], targets[b]["image_size"]).to(segm.device)
                 small = _downsample_binary(gt_masks, (seg_h, seg_w))  # (G, Hs, Ws)
-                seg_t = torch.zeros_like(segm[b])
-                for g in range(small.shape[0]):
-                    c = int(gt_classes[b][g])
-                    seg_t[c] = torch.maximum(seg_t[c], small[g])
+                # Per-class union (max) of the GT masks in one scatter: a Python loop reading each
+                # class with int() cost one GPU->host sync per ground-truth object.
+                seg_t = torch.zeros_like(segm[b]).view(num_classes, -1)
+                index = gt_classes[b].to(segm.device)[:, None].expand(-1, seg_t.shape[1])
+                seg_t.scatter_reduce_(0, index, small.reshape(small.shape[0], seg_t.shape[1]), reduce="amax")
+                seg_t = seg_t.view_as(segm[b])
             total = total + F.binary_cross_entropy_with_logits(segm[b], seg_t, reduction="sum")
         return total / seg_h / seg_w * self.semseg_weight / batch
 
