@@ -366,7 +366,7 @@ def generate_moving_shapes_dataset(root, num_train_clips=80, num_val_clips=10, n
                                    image_size=128, seed=0, *, kinds=DEFAULT_KINDS, min_objects=2,
                                    max_objects=4, min_size=0.2, max_size=0.45, max_speed=3.0,
                                    max_rotation=0.06, max_scale_change=1.5, leave_prob=0.2,
-                                   enter_prob=0.15, min_area=10, object_texture=0.12,
+                                   enter_prob=0.15, min_area=10, object_texture=0.06,
                                    background_texture=8.0, background_noise=6.0, image_ext="png"):
     """Write the synthetic moving-shapes video set under `root` (see the module doc for the layout).
 
@@ -382,7 +382,9 @@ def generate_moving_shapes_dataset(root, num_train_clips=80, num_val_clips=10, n
             ratio of an object's scale between the first and the last frame.
         leave_prob, enter_prob: share of objects that leave / enter the frame during the clip.
         min_area: fewer visible pixels than this on a frame and the object is null there.
-        object_texture: stripe contrast on objects (0: flat colour, as the shapes set).
+        object_texture: stripe contrast on objects (0: flat colour, as the shapes set). Measured
+            with the main job's image model on 10 val clips: segm AP 54.3 flat, 52.8 at 0.06, 49.0
+            at 0.12 (the stripes are new to it; a little makes rotation and inner motion visible).
         background_texture, background_noise: static blotch amplitude and noise sigma (grey levels).
         image_ext: "png" (lossless; default: JPEG's ringing at the sharp edges changes from frame
             to frame and breaks brightness constancy along moving edges) or "jpg".
