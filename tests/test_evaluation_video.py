@@ -18,7 +18,7 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.data import DatasetCatalog
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from yolact_d2.data import YolactDatasetMapper
@@ -41,19 +41,12 @@ def rect(x, y, w, h):
 
 
 def uncompressed_rle(x, y, w, h):
-    """YouTube-VIS's usual mask format: an uncompressed (column-major run lengths) RLE."""
+    """YouTube-VIS's usual mask format: an uncompressed RLE (column-major run lengths, zeros first)."""
     m = np.zeros((H, W), np.uint8)
     m[y:y + h, x:x + w] = 1
     flat = m.flatten(order="F")
-    runs, value, count = [], 0, 0
-    for v in flat:
-        if v == value:
-            count += 1
-        else:
-            runs.append(count)
-            value, count = v, 1
-    runs.append(count)
-    return {"size": [H, W], "counts": runs}
+    runs = np.diff(np.r_[0, np.flatnonzero(np.diff(flat)) + 1, flat.size]).tolist()
+    return {"size": [H, W], "counts": ([0] if flat[0] else []) + runs}
 
 
 def write_ytvis(root, name, videos, categories, tracks):
@@ -271,8 +264,9 @@ def test_handmade_case_gives_the_hand_computed_ap(datasets):
             assert results[task + suffix]["AP"] == pytest.approx(want, abs=1e-6), task + suffix
     # the same numbers from the brute-force AP loop, built from the plan and the schedule
     passes = official_passes(n, 5)
-    for suffix, keep in {"": lambda p, t, k, d: True, "_keyframe": lambda p, t, k, d: k and t % 5 == p,
-                         **{f"_warp{w}": (lambda w: lambda p, t, k, d: not k and d == w)(w) for w in range(1, 5)}}.items():
+    tables = {"": lambda p, t, k, d: True, "_keyframe": lambda p, t, k, d: k and t % 5 == p}
+    tables.update({f"_warp{w}": (lambda w: lambda p, t, k, d: not k and d == w)(w) for w in range(1, 5)})
+    for suffix, keep in tables.items():
         chosen = [d for p, t, k, d in passes if keep(p, t, k, d)]
         dets = [(score, obj != "FP") for d in chosen for obj, score in PLAN[d]]
         assert results["segm" + suffix]["AP"] == pytest.approx(ap101(dets, 2 * len(chosen)), abs=1e-6), suffix
@@ -534,7 +528,8 @@ def test_train_net_dispatch_in_process(video_config, chairs):
 
     cfg = OmegaConf.create({"dataloader": {}})
     cfg.dataloader.test = L(build_detection_test_loader)(
-        dataset=L(get_detection_dataset_dicts)(names=chairs, filter_empty=False), mapper=L(VideoPairMapper)(is_train=False)
+        dataset=L(get_detection_dataset_dicts)(names=chairs, filter_empty=False),
+        mapper=L(VideoPairMapper)(is_train=False),
     )
     cfg.dataloader.evaluator = L(FlowEPEEvaluator)(dataset_name=chairs)
     results = train_net.do_test(cfg, FlowDouble(1))

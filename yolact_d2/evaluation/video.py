@@ -107,6 +107,13 @@ def feature_transfer_similarity(model, images: torch.Tensor, state, own_features
 
 
 # ---------------------------------------------------------------------------- ground truth
+def slot_id(image_id, phase: int) -> int:
+    """The derived COCO image of frame `image_id` in pass `phase`."""
+    if isinstance(image_id, bool) or not isinstance(image_id, (int, np.integer)):
+        raise ValueError(f"VideoEvaluator: image_id must be an int (the record's index), got {image_id!r}.")
+    return int(image_id) * _SLOTS + int(phase)
+
+
 def _rle_of(segm, box_xyxy, height: int, width: int) -> dict:
     """A compressed RLE (counts as str) of a polygon list, a compressed or uncompressed RLE, or
     (a crowd without a mask) its box."""
@@ -132,7 +139,8 @@ def _coco_annotations(record: dict, num_classes: int, dataset_name: str) -> List
         if not isinstance(cat, (int, np.integer)) or not 0 <= cat < num_classes:
             raise ValueError(
                 f"VideoEvaluator: dataset {dataset_name!r}, {record.get('file_name')} annotation {k}: category_id "
-                f"{cat!r} is not a contiguous id in 0..{num_classes - 1} (register the set with register_ytvis_instances)."
+                f"{cat!r} is not a contiguous id in 0..{num_classes - 1} (register the set with "
+                "register_ytvis_instances)."
             )
         box = BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYXY_ABS)
         rle = _rle_of(ann.get("segmentation"), box, h, w)
@@ -163,13 +171,6 @@ def _slot_coco_dict(records: List[dict], classes: Sequence[str], passes: int, da
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def slot_id(image_id, phase: int) -> int:
-    """The derived COCO image of frame `image_id` in pass `phase`."""
-    if isinstance(image_id, bool) or not isinstance(image_id, (int, np.integer)):
-        raise ValueError(f"VideoEvaluator: image_id must be an int (the record's index), got {image_id!r}.")
-    return int(image_id) * _SLOTS + int(phase)
-
-
 # ---------------------------------------------------------------------------- evaluator
 class VideoEvaluator(DatasetEvaluator):
     """COCO box / mask AP of a video model over the official keyframe phases (module docstring).
@@ -196,7 +197,9 @@ class VideoEvaluator(DatasetEvaluator):
         if isinstance(keyframe_interval, bool) or int(keyframe_interval) != keyframe_interval or not (
             1 <= keyframe_interval < _SLOTS
         ):
-            raise ValueError(f"VideoEvaluator: keyframe_interval must be an integer in 1..{_SLOTS - 1}, got {keyframe_interval!r}.")
+            raise ValueError(
+                f"VideoEvaluator: keyframe_interval must be an integer in 1..{_SLOTS - 1}, got {keyframe_interval!r}."
+            )
         unknown = sorted(set(tasks) - {"bbox", "segm"})
         if unknown or not tasks:
             raise ValueError(f"VideoEvaluator: tasks must be 'bbox' and/or 'segm', got {list(tasks)}.")
@@ -249,7 +252,8 @@ class VideoEvaluator(DatasetEvaluator):
             if missing:
                 raise ValueError(
                     f"VideoEvaluator: input {inp.get('file_name')} has no {missing}; feed the evaluator with "
-                    "yolact_d2.evaluation.inference_on_video_dataset (Detectron2's inference_on_dataset knows no passes)."
+                    "yolact_d2.evaluation.inference_on_video_dataset (Detectron2's inference_on_dataset knows no "
+                    "passes)."
                 )
             kind, distance, phase = inp["frame_kind"], int(inp["warp_distance"]), int(inp["video_phase"])
             if kind not in FRAME_KINDS or not 0 <= phase < self.keyframe_interval:
@@ -257,8 +261,8 @@ class VideoEvaluator(DatasetEvaluator):
             slot = slot_id(inp["image_id"], phase)
             if slot in self._slots:
                 raise ValueError(
-                    f"VideoEvaluator: frame {inp.get('file_name')} (image_id {inp['image_id']}) was given twice in pass "
-                    f"{phase}; each frame is scored once per pass."
+                    f"VideoEvaluator: frame {inp.get('file_name')} (image_id {inp['image_id']}) was given twice in "
+                    f"pass {phase}; each frame is scored once per pass."
                 )
             self._slots[slot] = (kind, distance)
             self._coco.process([dict(inp, image_id=slot)], [out])
@@ -270,7 +274,8 @@ class VideoEvaluator(DatasetEvaluator):
 
     def _tables(self, slots: Dict[int, Tuple[str, int]]) -> "OrderedDict[str, List[int]]":
         """Table suffix ("" = all) -> the slots it scores, in a fixed order."""
-        tables = OrderedDict([("", sorted(slots)), ("_keyframe", sorted(s for s, (k, _) in slots.items() if k == "keyframe"))])
+        keyframes = sorted(s for s, (kind, _) in slots.items() if kind == "keyframe")
+        tables = OrderedDict([("", sorted(slots)), ("_keyframe", keyframes)])
         for d in range(1, self.keyframe_interval):
             tables[f"_warp{d}"] = sorted(s for s, (k, dist) in slots.items() if k == "warped" and dist == d)
         return OrderedDict((name, ids) for name, ids in tables.items() if ids)
@@ -367,11 +372,14 @@ def _videos(records: List[dict], dataset_name: str) -> List[Tuple[object, List[O
         n = len(paths) if paths else max(frames) + 1
         if not paths and len(frames) != n:
             raise ValueError(
-                f"Video evaluation: dataset {dataset_name!r}, video {vid}: frames {sorted(set(range(n)) - set(frames))} "
-                "have no record and the records carry no 'video_frames' to read them from."
+                f"Video evaluation: dataset {dataset_name!r}, video {vid}: frames "
+                f"{sorted(set(range(n)) - set(frames))} have no record and the records carry no 'video_frames' to "
+                "read them from."
             )
         if max(frames) >= n:
-            raise ValueError(f"Video evaluation: dataset {dataset_name!r}, video {vid}: frame_idx {max(frames)} >= its {n} frames.")
+            raise ValueError(
+                f"Video evaluation: dataset {dataset_name!r}, video {vid}: frame {max(frames)} >= its {n} frames."
+            )
         out.append((vid, [frames.get(t) for t in range(n)], list(paths or [frames[t]["file_name"] for t in range(n)])))
     return out
 
@@ -386,13 +394,15 @@ def _check_model(model, interval: int, measure: bool) -> bool:
     if interval > 1 and not getattr(model, "is_video_model", False):
         raise ValueError(
             f"Video evaluation: {type(model).__name__} is an image model (no flow_net), so it cannot warp "
-            f"(keyframe_interval={interval}). Evaluate a video config (configs/yolact_edge/yolact_edge_vid_*.py), or every "
-            "frame as a keyframe: dataloader.evaluator.keyframe_interval=1."
+            f"(keyframe_interval={interval}). Evaluate a video config (configs/yolact_edge/yolact_edge_vid_*.py), or "
+            "every frame as a keyframe: dataloader.evaluator.keyframe_interval=1."
         )
     parts = ("preprocess_image", "keyframe_features", "partial_c3", "predict_flow", "transfer_features")
     can_measure = interval > 1 and all(hasattr(model, p) for p in parts)
     if measure and interval > 1 and not can_measure:
-        logger.warning(f"Video evaluation: {type(model).__name__} lacks one of {parts}: no feature-transfer measurement.")
+        logger.warning(
+            f"Video evaluation: {type(model).__name__} lacks one of {parts}: no feature-transfer measurement."
+        )
     return measure and can_measure
 
 
@@ -459,7 +469,10 @@ def inference_on_video_dataset(model, evaluator: VideoEvaluator, mapper=None):
 def _mapped(mapper, record: dict) -> dict:
     out = mapper(record)
     if out is None:
-        raise ValueError(f"Video evaluation: the mapper returned None for {record.get('file_name')}; use a test mapper (is_train=False).")
+        raise ValueError(
+            f"Video evaluation: the mapper returned None for {record.get('file_name')}; use a test mapper "
+            "(is_train=False)."
+        )
     return out
 
 
