@@ -112,6 +112,20 @@ def test_zero_offsets_full_mask_is_ordinary_conv():
     torch.testing.assert_close(m(x), F.conv2d(x, m.weight, m.bias, 2, 1), rtol=1e-5, atol=1e-5)
 
 
+def test_bfloat16_runs_in_float32_and_returns_bfloat16():
+    # torchvision has no bf16 deform_conv2d (YOLACT++ at precision="bf16"). Oracle: the float64
+    # bilinear reference on the module's own bf16 offsets / mask, weights and input; the result
+    # then differs by the final rounding to bf16 only (2^-8 relative).
+    m = _randomised_dcn(3, 4, 1, offset_scale=3.0, seed=5).to(torch.bfloat16)
+    x = torch.randn(1, 3, 9, 10, dtype=torch.float64).to(torch.bfloat16)
+    got = m(x)
+    assert got.dtype == torch.bfloat16
+    off, mask = m.offset_and_mask(x)
+    want = reference_dcn(x.double(), off.double(), mask.double(), m.weight.double(), m.bias.double(),
+                         m.stride[0], m.padding[0], m.dilation[0])
+    torch.testing.assert_close(got.double(), want, rtol=2 ** -8, atol=1e-6)
+
+
 def test_official_init_is_half_amplitude_conv():
     # Official init zeroes conv_offset_mask: offsets 0 and mask sigmoid(0) = 0.5.
     m = ModulatedDeformConv2d(4, 4, 3, stride=1, padding=1)

@@ -89,17 +89,21 @@ class ModulatedDeformConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offset_and_mask(x)
+        weight, bias, dtype = self.weight, self.bias, x.dtype
+        if dtype == torch.bfloat16:  # torchvision's deform_conv2d has no bfloat16 kernel: float32, cast back
+            x, offset, mask, weight = x.float(), offset.float(), mask.float(), weight.float()
+            bias = bias.float() if bias is not None else None
         # torchvision reads offsets as (dy, dx) per tap and samples like DCNv2 (zero outside).
         x = deform_conv2d(
             x,
             offset,
-            self.weight,
-            self.bias,
+            weight,
+            bias,
             stride=self.stride,
             padding=self.padding,
             dilation=self.dilation,
             mask=mask,
-        )
+        ).to(dtype)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
