@@ -386,15 +386,15 @@ def test_identity_transfer_on_a_moving_clip(short_clips):
 
 
 # ---------------------------------------------------------------------------- flow EPE
-FLOW_H, FLOW_W, UNKNOWN_ROWS = 24, 32, 4
-GT_FLOW = (3.0, -4.0)  # every pixel moved by (3, -4): |gt| = 5
-ESTIMATE = (1.0, 0.0)  # what the double predicts: |estimate - gt| = sqrt(2^2 + 4^2) = sqrt(20)
+FLOW_H, FLOW_W, UNKNOWN_ROWS, STATIC_ROWS = 24, 32, 4, 4
+GT_FLOW = (3.0, -4.0)  # the pixels below the static rows moved by (3, -4): |gt| = 5
+ESTIMATE = (1.0, 0.0)  # what the double predicts: |estimate - gt| = sqrt(2^2 + 4^2) = sqrt(20) there, 1 on static
 
 
 @pytest.fixture(scope="module")
 def chairs(tmp_path_factory):
     """Two FlyingChairs-format pairs (.ppm + .flo) with a known translation; the first rows unknown
-    (pair 1: NaN, pair 2: Middlebury's > 1e9 marker)."""
+    (pair 1: NaN, pair 2: Middlebury's > 1e9 marker), the next ones static."""
     root = tmp_path_factory.mktemp("chairs")
     data = root / "data"
     data.mkdir()
@@ -404,6 +404,7 @@ def chairs(tmp_path_factory):
         flow = np.empty((FLOW_H, FLOW_W, 2), np.float32)
         flow[...] = GT_FLOW
         flow[:UNKNOWN_ROWS] = unknown
+        flow[UNKNOWN_ROWS:UNKNOWN_ROWS + STATIC_ROWS] = 0.0
         write_flo(str(data / f"{k:05d}_flow.flo"), flow)
     name = "evalflow_chairs"
     if name in DatasetCatalog.list():
@@ -438,10 +439,15 @@ def test_flow_epe_of_a_known_translation(chairs, scale):
 
     loader = build_detection_test_loader(DatasetCatalog.get(chairs), mapper=VideoPairMapper(is_train=False))
     results = inference_on_flow_dataset(FlowDouble(scale), loader, FlowEPEEvaluator(chairs))
-    assert set(results) == {"flow"}
-    assert results["flow"]["EPE"] == pytest.approx(np.sqrt(20.0), rel=1e-6)
-    assert results["flow"]["EPE_zero"] == pytest.approx(5.0, rel=1e-6)
-    assert results["flow"]["valid_fraction"] == pytest.approx((FLOW_H - UNKNOWN_ROWS) / FLOW_H)
+    valid_rows, moving_rows = FLOW_H - UNKNOWN_ROWS, FLOW_H - UNKNOWN_ROWS - STATIC_ROWS
+    assert results == {"flow": pytest.approx({
+        "EPE": (STATIC_ROWS * 1.0 + moving_rows * np.sqrt(20.0)) / valid_rows,
+        "EPE_zero": moving_rows * 5.0 / valid_rows,
+        "EPE_moving": np.sqrt(20.0),
+        "EPE_zero_moving": 5.0,
+        "valid_fraction": valid_rows / FLOW_H,
+        "moving_fraction": moving_rows / valid_rows,
+    }, rel=1e-6)}
 
 
 def test_flow_evaluator_errors(chairs):
@@ -533,7 +539,7 @@ def test_train_net_dispatch_in_process(video_config, chairs):
     )
     cfg.dataloader.evaluator = L(FlowEPEEvaluator)(dataset_name=chairs)
     results = train_net.do_test(cfg, FlowDouble(1))
-    assert results["flow"]["EPE"] == pytest.approx(np.sqrt(20.0), rel=1e-6)
+    assert results["flow"]["EPE_moving"] == pytest.approx(np.sqrt(20.0), rel=1e-6)
 
     video_cfg = LazyConfig.load(video_config[0])
     with pytest.raises(PrecisionError, match="VideoEvaluator"):

@@ -10,6 +10,8 @@ bilinearly to (H, W) and its u / v scaled by W / w and H / h, so both are in the
 EPE = sum over valid pixels of ||estimate - gt|| / number of valid pixels, over the whole set
 (pixel-weighted, the FlyingChairs convention); a pixel is valid when both gt components are finite.
 EPE_zero is the same for the zero flow (the mean gt motion): the baseline a flow net must beat.
+EPE_moving / EPE_zero_moving: the same over the valid pixels that move at least MOVING_PX pixels
+(a synthetic set's static background, most of its pixels, would otherwise dominate the mean).
 """
 import logging
 from collections import OrderedDict
@@ -27,6 +29,8 @@ __all__ = ["FlowEPEEvaluator", "inference_on_flow_dataset", "flow_in_image_pixel
 
 logger = logging.getLogger(__name__)
 
+MOVING_PX = 1.0  # gt motion (pixels) from which a pixel counts as moving
+
 
 def flow_in_image_pixels(flow: torch.Tensor, size) -> torch.Tensor:
     """(2, h, w) flow in pixels of an h x w grid -> (2, H, W) in pixels of the H x W image."""
@@ -41,8 +45,9 @@ def flow_in_image_pixels(flow: torch.Tensor, size) -> torch.Tensor:
 class FlowEPEEvaluator(DatasetEvaluator):
     """Mean EPE of `model.estimate_flow` against the inputs' gt `flow` (module docstring).
 
-    Results: {"flow": {"EPE": ..., "EPE_zero": ..., "valid_fraction": ...}} (pixels; fraction of gt
-    pixels with a known flow). Run it with `inference_on_flow_dataset` (or tools/train_net.py).
+    Results: {"flow": {"EPE", "EPE_zero", "EPE_moving", "EPE_zero_moving" (pixels), "valid_fraction"
+    (of all pixels, those with a known flow), "moving_fraction" (of those, the moving ones)}}. Run it
+    with `inference_on_flow_dataset` (or tools/train_net.py).
     """
 
     def __init__(self, dataset_name: str = None, distributed: bool = True):
@@ -52,7 +57,8 @@ class FlowEPEEvaluator(DatasetEvaluator):
 
     def reset(self):
         # float64 sums: millions of pixels
-        self._sums = {"epe": 0.0, "epe_zero": 0.0, "valid": 0, "pixels": 0}
+        self._sums = dict.fromkeys(("epe", "epe_zero", "epe_moving", "epe_zero_moving"), 0.0)
+        self._sums.update(valid=0, moving=0, pixels=0)
 
     def process(self, inputs: List[Dict], outputs):
         if len(inputs) != len(outputs):
@@ -73,10 +79,14 @@ class FlowEPEEvaluator(DatasetEvaluator):
                 )
             est = flow_in_image_pixels(est.detach().to("cpu", torch.float64), gt.shape[-2:])
             valid = torch.isfinite(gt).all(dim=0)  # (H, W)
-            gt_valid = gt[:, valid]  # (2, N)
-            self._sums["epe"] += float(torch.linalg.vector_norm(est[:, valid] - gt_valid, dim=0).sum())
-            self._sums["epe_zero"] += float(torch.linalg.vector_norm(gt_valid, dim=0).sum())
+            epe = torch.linalg.vector_norm(est[:, valid] - gt[:, valid], dim=0)  # (N,) valid pixels
+            motion = torch.linalg.vector_norm(gt[:, valid], dim=0)  # (N,): the zero flow's error
+            moving = motion >= MOVING_PX
+            for key, values in (("epe", epe), ("epe_zero", motion), ("epe_moving", epe[moving]),
+                                ("epe_zero_moving", motion[moving])):
+                self._sums[key] += float(values.sum())
             self._sums["valid"] += int(valid.sum())
+            self._sums["moving"] += int(moving.sum())
             self._sums["pixels"] += valid.numel()
 
     def evaluate(self):
@@ -90,10 +100,14 @@ class FlowEPEEvaluator(DatasetEvaluator):
         if sums["valid"] == 0:
             logger.warning(f"FlowEPEEvaluator: no pixel{name} with a known flow was evaluated.")
             return {}
+        moving = sums["moving"] or float("nan")  # no moving pixel: NaN, not 0
         res = OrderedDict(
             EPE=sums["epe"] / sums["valid"],
             EPE_zero=sums["epe_zero"] / sums["valid"],
+            EPE_moving=sums["epe_moving"] / moving,
+            EPE_zero_moving=sums["epe_zero_moving"] / moving,
             valid_fraction=sums["valid"] / sums["pixels"],
+            moving_fraction=sums["moving"] / sums["valid"],
         )
         logger.info(f"Flow end-point error{name} (pixels):\n" + create_small_table(res))
         return {"flow": res}
