@@ -14,6 +14,11 @@ Training data: of dataloader.train only `dataset`, `mapper`, `total_batch_size` 
 used; they feed yolact_d2.engine.build_resumable_train_loader, whose stream of images (order and
 augmentation) is a pure function of (train.seed, position), so `--resume` after a kill continues with
 exactly the data an uninterrupted run would have seen, and N processes together see the 1-process batch.
+
+Evaluation (--eval-only and during / after training) follows dataloader.evaluator: a VideoEvaluator
+plays its dataset's clips over the keyframe passes (yolact_d2.evaluation.video; only the test mapper
+of dataloader.test is used), a FlowEPEEvaluator scores model.estimate_flow on dataloader.test's frame
+pairs, any other evaluator runs Detectron2's inference_on_dataset.
 """
 import logging
 import os
@@ -182,7 +187,8 @@ def do_train(args, cfg):
         ddp["device_ids"] = None  # DDP on CPU processes (gloo)
     ddp_model = create_ddp_model(model, **ddp)
     loader = _DeferredTrainLoader(cfg)
-    trainer = YolactTrainer(ddp_model, loader, optimizer, amp=cfg.train.amp.enabled)
+    trainer = YolactTrainer(ddp_model, loader, optimizer, amp=cfg.train.amp.enabled,
+                            amp_dtype=cfg.train.amp.get("dtype", "float16"))
     loader.trainer = trainer
     checkpointer = YolactCheckpointer(
         model, cfg.train.output_dir, meta=_training_meta(cfg), optimizer=optimizer, trainer=trainer,
