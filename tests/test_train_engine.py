@@ -200,6 +200,15 @@ def test_amp_on_cpu_is_refused_with_a_clear_error():
         YolactTrainer(model, [[{}]], torch.optim.SGD(model.parameters(), lr=0.1), amp=True)
 
 
+def test_amp_dtype_is_checked_by_name():
+    model = _ToyLossModel()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"train.amp.dtype must be one of .*'bfloat16'.*got 'half'"):
+        YolactTrainer(model, [[{}]], opt, amp_dtype="half")
+    trainer = YolactTrainer(model, [[{}]], opt, amp_dtype="bfloat16")  # amp off: no scaler, any machine
+    assert trainer.amp_dtype == torch.bfloat16 and trainer.grad_scaler is None
+
+
 # ---------------------------------------------------------------------------------- sync BN
 def test_convert_sync_batchnorm_cpu_keeps_state_and_frozen_bn():
     from detectron2.layers import FrozenBatchNorm2d

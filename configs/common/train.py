@@ -8,7 +8,7 @@ train = dict(
     # about loudly (see tools/convert_imagenet_backbone.py); True says it is intended (shapes configs).
     from_scratch_ok=False,
     max_iter=800000,  # official yolact_base (batch 8)
-    amp=dict(enabled=False),  # CUDA only
+    amp=dict(enabled=False, dtype="float16"),  # CUDA only; dtype "float16" (GradScaler) or "bfloat16"
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=10000, max_to_keep=5),
     eval_period=10000,  # 0 disables periodic evaluation (the final one still runs)

@@ -26,11 +26,15 @@ _ADVICE = (
 )
 
 
+_AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
 class YolactTrainer(SimpleTrainer):
     """SimpleTrainer (v0.6 and main) plus:
 
-    - `amp=True`: torch.autocast + GradScaler on CUDA (Detectron2's AMPTrainer asserts CUDA; on CPU
-      training stays fp32 and `amp` must be off);
+    - `amp=True`: torch.autocast on CUDA (Detectron2's AMPTrainer asserts CUDA; on CPU training stays
+      fp32 and `amp` must be off), `amp_dtype` "float16" with a GradScaler or "bfloat16" (fp32's
+      exponent range: no loss scaling; needs compute capability >= 8.0);
     - a divergence guard: NaN/inf predictions (checked by the criterion before its losses) or loss
       terms (checked on every worker before backward/step) stop training with NonFiniteLossError
       naming the iteration and the tensor or loss term; no step is taken. Weights made non-finite by
@@ -42,7 +46,7 @@ class YolactTrainer(SimpleTrainer):
     """
 
     def __init__(self, model, data_loader, optimizer, amp: bool = False, grad_scaler=None,
-                 explode_factor: float = 1e4):
+                 explode_factor: float = 1e4, amp_dtype: str = "float16"):
         super().__init__(model, data_loader, optimizer)
         self.explode_factor = explode_factor
         self.diverged = False
@@ -50,12 +54,18 @@ class YolactTrainer(SimpleTrainer):
         self._first_loss: Optional[float] = None
         self._exploded = False
         self.amp = bool(amp)
+        self.amp_dtype = _AMP_DTYPES.get(str(amp_dtype))
+        if self.amp_dtype is None:
+            raise ValueError(f"train.amp.dtype must be one of {sorted(_AMP_DTYPES)}, got {amp_dtype!r}.")
+        self.grad_scaler = None
         if self.amp:
             if not torch.cuda.is_available():
                 raise ValueError("train.amp.enabled=True needs CUDA; set train.amp.enabled=False for CPU training.")
-            self.grad_scaler = grad_scaler or torch.amp.GradScaler("cuda")
-        else:
-            self.grad_scaler = None
+            if self.amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+                raise ValueError("train.amp.dtype=bfloat16 needs a GPU with bfloat16 (compute capability >= 8.0); "
+                                 "use train.amp.dtype=float16.")
+            if self.amp_dtype == torch.float16:  # fp16's small range needs loss scaling; bf16 does not
+                self.grad_scaler = grad_scaler or torch.amp.GradScaler("cuda")
 
     def _check_finite(self, loss_dict: Dict[str, torch.Tensor]) -> None:
         names = sorted(loss_dict)
@@ -109,7 +119,7 @@ class YolactTrainer(SimpleTrainer):
         data_time = time.perf_counter() - start
 
         try:
-            with torch.autocast(device_type="cuda", enabled=self.amp):
+            with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.amp):
                 loss_dict = self.model(data)
         except FloatingPointError as e:  # the criterion's NonFinitePredictionError (NaN/inf outputs)
             self._stop(f"At iteration {self.iter}: {e} Training stopped before the optimizer step.", e)
