@@ -51,6 +51,7 @@ from .shapes import (
     shape_polygon,
     write_atomically,
 )
+from .video import load_ytvis_json
 
 __all__ = [
     "MovingShapesFlow",
@@ -511,8 +512,6 @@ def moving_shapes_flow_source(dataset_name):
 
 # ----------------------------------------------------------------------------- registration
 def _generate_and_load(root, split, name, generate_kwargs):
-    from .video import load_ytvis_json
-
     json_file, image_root, _ = generate_moving_shapes_dataset(root, **generate_kwargs)[split]
     return load_ytvis_json(json_file, image_root, name)
 
