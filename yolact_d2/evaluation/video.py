@@ -311,9 +311,13 @@ class VideoEvaluator(DatasetEvaluator):
                 results[task + suffix] = res
         if not comm.is_main_process():
             return {}
+        logger.info("Video evaluation summary:\n" + _summary_table(results, counts, self.tasks))
         if cos:
             results["feature_transfer"] = _feature_summary(cos)
-        logger.info("Video evaluation summary:\n" + _summary_table(results, counts, self.tasks))
+            logger.info(
+                "Feature transfer: mean cosine to the recomputed phase-1 maps, warped vs the keyframe's "
+                "unwarped ones:\n" + _feature_table(results["feature_transfer"])
+            )
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
             with open(os.path.join(self._output_dir, "video_evaluation.json"), "w") as f:
@@ -334,6 +338,17 @@ def _feature_summary(cos: Dict[Tuple[str, int], list]) -> Dict[str, float]:
             out[f"cos_keyframe_{level}_d{d}"] = acc[1] / acc[2]
     out["num_warped_frames"] = float(total[2])
     return out
+
+
+def _feature_table(summary: Dict[str, float]) -> str:
+    """One row per warp distance (and all of them), cos_warped / cos_keyframe per level."""
+    levels = [lv for lv, _ in _FEATURE_LEVELS if f"cos_warped_{lv}" in summary]
+    distances = sorted({int(k.rsplit("_d", 1)[1]) for k in summary if "_d" in k and k.startswith("cos_")})
+    rows = []
+    for label, tail in [(f"warp{d}", f"_d{d}") for d in distances] + [("all warped", "")]:
+        rows.append([label] + [summary[f"cos_{kind}_{lv}{tail}"] for lv in levels for kind in ("warped", "keyframe")])
+    headers = ["frames"] + [f"{lv} {kind}" for lv in levels for kind in ("warped", "keyframe")]
+    return tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=".4f", numalign="left")
 
 
 def _summary_table(results, counts, tasks) -> str:
