@@ -417,3 +417,8 @@ def test_write_clip_video_plays_the_clip(dataset, tmp_path):
         assert np.abs(frames[t].astype(int) - png).mean() < 6  # mp4v is lossy
     with pytest.raises(IndexError, match="has 2 clips"):
         write_clip_video(str(root), 5, str(tmp_path / "x.mp4"))
+    # The command line (README demo): the set at --root as it is, a bad index in one line.
+    ms_mod.main(["--root", str(root), "--split", "train", "--video-index", "1", "--write-video", str(tmp_path / "c.mp4")])
+    assert cv2.VideoCapture(str(tmp_path / "c.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == FRAMES
+    with pytest.raises(SystemExit, match="moving_shapes: .* has 2 clips; video_index 7"):
+        ms_mod.main(["--root", str(root), "--video-index", "7", "--write-video", str(tmp_path / "d.mp4")])
