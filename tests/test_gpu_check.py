@@ -13,8 +13,8 @@ from yolact_d2.tools import gpu_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "configs/shapes/yolact_shapes_tiny.py"
-STEPS = ("install", "build_extension", "op_tests", "ops_compare", "inference", "train_amp", "ddp_nccl",
-         "benchmark_ops", f"benchmark:{os.path.basename(TINY)}")
+STEPS = ("install", "build_extension", "op_tests", "ops_compare", "inference", "train_amp", "train_amp_bf16",
+         "ddp_nccl", "benchmark_ops", f"benchmark:{os.path.basename(TINY)}")
 
 
 def _run(out_dir, *extra):
@@ -36,6 +36,7 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     # the CUDA-only parts: skipped, with the reason
     assert steps["install"]["status"] == "skipped" and "--wheelhouse" in steps["install"]["reason"]
     assert steps["ddp_nccl"]["status"] == "skipped" and "dry run" in steps["ddp_nccl"]["reason"]
+    assert steps["train_amp_bf16"]["status"] == "skipped" and "dry run" in steps["train_amp_bf16"]["reason"]
     op = steps["op_tests"]
     assert op["status"] == "skipped" and "dry run" in op["reason"]
     # oracle: pytest's own collection of the CUDA tests in tests/test_ops.py and tests/test_realtime.py
@@ -65,7 +66,8 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     # the fast path's CPU form against the CPU eager path: bit for bit, so exact figures too
     fast = steps["inference"]["figures"][TINY]["fast_path"]
     assert fast["fp32"]["status"] == "passed" and fast["fp32"]["frames"] == frames
-    assert fast["fp32"]["cuda_graphs"] is False and "CUDA graphs need a CUDA device" in fast["fp32"]["cuda_graphs_off_because"]
+    assert fast["fp32"]["cuda_graphs"] is False and fast["fp32"]["captured_sizes"] == []
+    assert "CUDA graphs need a CUDA device" in fast["fp32"]["cuda_graphs_off_because"]
     assert fast["fp32"]["pinned_upload"] is False and "no host-to-device upload" in fast["fp32"]["pinned_off_because"]
     assert fast["fp16"]["status"] == "skipped" and "fp16" in fast["fp16"]["reason"] and "CUDA" in fast["fp16"]["reason"]
 
@@ -99,7 +101,7 @@ def test_spent_budget_skips_every_step_with_the_reason(tmp_path):
     assert list(steps) == list(STEPS)
     for name, step in steps.items():
         assert step["status"] == "skipped", (name, step)
-        if name not in ("install", "ddp_nccl"):
+        if name not in ("install", "ddp_nccl", "train_amp_bf16"):
             assert "time budget" in step["reason"], (name, step)
 
 

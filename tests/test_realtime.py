@@ -180,8 +180,10 @@ def test_clear_errors(tiny, tmp_path):
         RealtimeEngine(tiny.model, cuda_graphs=True)
     with pytest.raises(RealtimeError, match="cuda_graphs=True needs a CUDA device"):
         _predictor("shapes tiny", tmp_path, fast_path={"cuda_graphs": True})
-    with pytest.raises(RealtimeError, match="max_sizes"):
+    with pytest.raises(RealtimeError, match="max_sizes must be >= 1"):
         RealtimeEngine(tiny.model, max_sizes=0)
+    with pytest.raises(RealtimeError, match="capture_after must be >= 1"):
+        RealtimeEngine(tiny.model, capture_after=0)
     tiny.model.train()
     try:
         with pytest.raises(RealtimeError, match="training mode"):
@@ -210,7 +212,8 @@ def test_cuda_graph_fast_path_matches_eager_cuda(precision, tmp_path):
     got = [predictor(im) for im in images]
     entry = engine.entry(1, *images[0].shape[:2])
     assert entry.graph is not None and entry.graph_error is None and entry.staging.is_pinned()
-    assert entry.runs == 2  # images 0 and 1 replayed the same graph
+    assert entry.runs == 2  # image 0 ran without a graph (capture_after=2), image 1 captured and replayed it
+    assert engine.entry(1, *images[2].shape[:2]).graph is None  # a size seen once: not captured
     want = [_eager(predictor, im) for im in images]
     for g, w in zip(got, want):
         assert g.pred_masks.device.type == "cuda" and len(g) == len(w)

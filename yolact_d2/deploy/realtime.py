@@ -156,6 +156,8 @@ class RealtimeEngine:
             insists (an error where impossible); False runs the same graph eagerly.
         compile: pass the graph through torch.compile (before the capture); off by default.
         max_sizes: input sizes kept in the cache (least recently used dropped beyond it).
+        capture_after: a size is captured on its n-th run (default 2: a folder of images of
+            all-different sizes never pays a capture per image; a stream pays it on frame 2).
         warmup: eager runs before a capture (cuDNN autotuning, lazy initialisation).
     """
 
@@ -168,11 +170,13 @@ class RealtimeEngine:
         cuda_graphs: Optional[bool] = None,
         compile: bool = False,
         max_sizes: int = 8,
+        capture_after: int = 2,
         warmup: int = 2,
     ):
         if model.training:
             raise RealtimeError("RealtimeEngine: the model is in training mode; call model.eval() first.")
-        missing = [n for n in ("backbone", "protonet", "head", "post_processor", "prior_generator") if not hasattr(model, n)]
+        parts = ("backbone", "protonet", "head", "post_processor", "prior_generator")
+        missing = [n for n in parts if not hasattr(model, n)]
         if missing:
             raise RealtimeError(
                 f"RealtimeEngine: {type(model).__name__} has no {', '.join(missing)}; the fast path runs "
@@ -180,8 +184,9 @@ class RealtimeEngine:
             )
         if input_format not in ("BGR", "RGB"):
             raise RealtimeError(f"RealtimeEngine: input_format must be 'BGR' or 'RGB', got {input_format!r}.")
-        if int(max_sizes) < 1:
-            raise RealtimeError(f"RealtimeEngine: max_sizes must be >= 1, got {max_sizes!r}.")
+        for name, value in (("max_sizes", max_sizes), ("capture_after", capture_after)):
+            if int(value) < 1:
+                raise RealtimeError(f"RealtimeEngine: {name} must be >= 1, got {value!r}.")
         self.device = torch.device(model.device)
         self.precision = check_precision(precision, self.device)
         if self.precision not in _DTYPES:
@@ -205,6 +210,7 @@ class RealtimeEngine:
         self._forward = torch.compile(self.graph_module, dynamic=False) if compile else self.graph_module
         self.compiled = bool(compile)
         self.max_sizes = int(max_sizes)
+        self.capture_after = int(capture_after)
         self.warmup = int(warmup)
         self._entries: "OrderedDict[Tuple[int, int, int], SizeEntry]" = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
@@ -236,6 +242,11 @@ class RealtimeEngine:
     def sizes(self) -> List[Tuple[int, int, int]]:
         """The cached (batch, height, width) keys, least recently used first."""
         return list(self._entries)
+
+    @property
+    def captured_sizes(self) -> List[Tuple[int, int, int]]:
+        """The cached sizes that replay a CUDA graph."""
+        return [k for k, e in self._entries.items() if e.graph is not None]
 
     @property
     def graph_errors(self) -> Dict[str, str]:
@@ -281,7 +292,8 @@ class RealtimeEngine:
         entry.graph = graph
 
     def _run(self, entry: SizeEntry) -> Tuple[torch.Tensor, ...]:
-        if self.cuda_graphs and entry.graph is None and entry.graph_error is None:
+        due = entry.runs + 1 >= self.capture_after
+        if self.cuda_graphs and due and entry.graph is None and entry.graph_error is None:
             try:
                 self._capture(entry)
             except RuntimeError as e:  # auto mode: run eagerly, loudly; cuda_graphs=True was checked above

@@ -21,7 +21,8 @@ that step); when the total --budget-s is spent, the remaining steps are skipped 
                   classes, score difference, mean mask IoU (VideoPredictor for YolactEdge video);
                   also the real-time fast path (CUDA graphs) fp32 and fp16 vs the CPU eager fp32:
                   scores within 1e-4 (fp32) / 1e-3 (fp16)
-  train_amp       train_net.py on the tiny shapes set, AMP on, 50 iterations: finite, decreasing
+  train_amp       train_net.py on the tiny shapes set, AMP on (fp16, GradScaler), 50 iterations:
+                  finite, decreasing; train_amp_bf16 the same with bf16 autocast (no scaler)
   ddp_nccl        train_net.py --num-gpus 2 (NCCL), when the machine has 2 GPUs
   benchmark_ops   tools/benchmark_ops.py --device cuda
   benchmark       tools/benchmark.py --device cuda --fast-path, fp32/fp16/bf16, batch 1 and 8, per
@@ -240,11 +241,14 @@ def fast_path_runs(config: str, weights: str, dev: str, opts: List[str], frames,
         except PrecisionError as e:
             out[precision] = {"status": "skipped", "reason": str(e)}
             continue
-        predictor = Predictor(config, weights, device=dev, opts=opts, precision=precision, fast_path=True)
+        # capture_after=1: each frame is seen once here, and the graph is what is checked
+        predictor = Predictor(config, weights, device=dev, opts=opts, precision=precision,
+                              fast_path={"capture_after": 1})
         engine = predictor.fast_path
         per_frame = [compare_instances(r, predictor(f)) for r, f in zip(reference, frames)]
         out[precision] = {"status": "passed" if _agree(per_frame, precision) else "failed", "frames": per_frame,
                           "cuda_graphs": engine.cuda_graphs, "cuda_graphs_off_because": engine.cuda_graphs_reason,
+                          "captured_sizes": engine.captured_sizes,
                           "pinned_upload": engine.pinned, "pinned_off_because": engine.pinned_reason,
                           "graph_errors": engine.graph_errors}
     return out
@@ -526,28 +530,48 @@ def do_op_tests(c: Check, why_not: Optional[str]) -> None:
         c.record("op_tests", "passed", "", secs, pytest=counts)
 
 
-def train_command(config: str, device: str, amp: bool, iters: int, out_dir: str, flags: List[str] = ()) -> List[str]:
+def train_command(config: str, device: str, amp: bool, iters: int, out_dir: str, flags: List[str] = (),
+                  amp_dtype: str = "float16") -> List[str]:
     """train_net.py logging every iteration to out_dir/metrics.json, no checkpoints, no evaluation."""
     return [sys.executable, "tools/train_net.py", *flags, "--config-file", config, f"train.device={device}",
-            f"train.amp.enabled={amp}", f"train.max_iter={iters}", f"train.output_dir={out_dir}",
-            "train.log_period=1", "train.checkpointer.period=100000", "train.eval_period=0"]
+            f"train.amp.enabled={amp}", f"train.amp.dtype={amp_dtype}", f"train.max_iter={iters}",
+            f"train.output_dir={out_dir}", "train.log_period=1", "train.checkpointer.period=100000",
+            "train.eval_period=0"]
+
+
+def bf16_training_problem(args) -> Optional[str]:
+    """Why the bf16 AMP run does not happen here (None: it does)."""
+    import torch
+
+    if args.dry_run:
+        return "dry run: on the CPU it would be train_amp's command again (AMP needs CUDA)"
+    if not torch.cuda.is_available() or not torch.cuda.is_bf16_supported():
+        return "this GPU has no bfloat16 (compute capability < 8.0)" if torch.cuda.is_available() else "no CUDA"
+    return None
 
 
 def do_training(c: Check, why_not: Optional[str]) -> None:
     a = c.args
     iters = 3 if a.dry_run else a.train_iters
-    if c.budget_allows("train_amp", 20):
-        out_dir = os.path.join(a.output, "train_amp")
+    # fp16 with GradScaler, then bf16 (no scaler); a dry run trains 3 CPU iterations without AMP
+    for name, amp_dtype in (("train_amp", "float16"), ("train_amp_bf16", "bfloat16")):
+        skip = bf16_training_problem(a) if amp_dtype == "bfloat16" else None
+        if skip:
+            c.record(name, "skipped", skip)
+            continue
+        if not c.budget_allows(name, 20):
+            continue
+        out_dir = os.path.join(a.output, name)
         shutil.rmtree(out_dir, ignore_errors=True)
         device, amp = ("cpu", False) if a.dry_run else ("cuda", True)
-        cmd = train_command(a.train_config, device, amp, iters, out_dir)
-        rc, out, secs = c.run("train_amp", cmd, 180)
+        cmd = train_command(a.train_config, device, amp, iters, out_dir, amp_dtype=amp_dtype)
+        rc, out, secs = c.run(name, cmd, 180)
         cuda = {"status": "skipped", "reason": why_not} if why_not else {"status": "run", "amp": True}
         if rc != 0:
-            c.record("train_amp", "failed", f"train_net exit {rc} (see gpu_check.log)", secs, device=device, cuda=cuda)
+            c.record(name, "failed", f"train_net exit {rc} (see gpu_check.log)", secs, device=device, cuda=cuda)
         else:
-            c.worker("train_amp", 30, 1, ["--train-dir", out_dir], worker="train_losses", device=device,
-                     iterations=iters, amp=amp, cuda=cuda, train_seconds=round(secs, 1))
+            c.worker(name, 30, 1, ["--train-dir", out_dir], worker="train_losses", device=device,
+                     iterations=iters, amp=amp, amp_dtype=amp_dtype, cuda=cuda, train_seconds=round(secs, 1))
     import torch
 
     n_gpu = torch.cuda.device_count() if not a.dry_run else 0
