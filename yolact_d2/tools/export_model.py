@@ -13,6 +13,17 @@ mask_scores (B, D). ONNX: opset 18 (19 for YOLACT++: DeformConv), run it with
 yolact_d2.deploy.onnx.OnnxPredictor or any onnxruntime session. Every post-processing setting
 (Fast NMS, class-agnostic, standard NMS) exports; "shortest_edge" models export for one image
 size (--sample-size). Batch norms are folded into the convs before export.
+
+A YolactEdge video config (configs/yolact_edge/yolact_edge_vid_*.py) exports as two ONNX graphs
+(yolact_d2.deploy.video_export), OUTPUT with .keyframe / .warped before its extension:
+
+    python tools/export_model.py --config configs/yolact_edge/yolact_edge_vid_R_50_FPN_550.py \
+        --weights edge_vid_r50.pth --output edge.onnx --verify frame.jpg
+    # -> edge.keyframe.onnx (image -> detections + state_p4, state_p5, state_flow_feature)
+    #    edge.warped.onnx   (image + that state -> detections + flow_current, flow)
+
+--verify then checks the keyframe graph on the image and the non-keyframe graph on the image
+shifted by a few pixels (warped from the keyframe's state) against the PyTorch model.
 """
 import argparse
 import os
@@ -84,6 +95,46 @@ def compare(exported, reference) -> dict:
     }
 
 
+def video_paths(output: str):
+    """OUTPUT -> (its keyframe graph's path, its non-keyframe graph's path)."""
+    root, ext = os.path.splitext(output)
+    return f"{root}.keyframe{ext or '.onnx'}", f"{root}.warped{ext or '.onnx'}"
+
+
+def export_video(args, model, image) -> int:
+    """Both YolactEdge graphs; with an --verify image, each against the model's inference_video."""
+    from yolact_d2.deploy.video_export import OnnxVideoModel, export_video_onnx, shifted
+
+    if args.format != "onnx":
+        print(f"error: YolactEdge video models export to ONNX only (two graphs), not --format {args.format}.",
+              file=sys.stderr)
+        return 1
+    start = time.perf_counter()
+    paths = export_video_onnx(model, *video_paths(args.output), opset=args.opset, sample_size=tuple(args.sample_size),
+                              dynamic_size=not args.static_size)
+    for path in paths:
+        print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, onnx)")
+    print(f"exported in {time.perf_counter() - start:.1f} s")
+    if image is None:
+        return 0
+    runner = OnnxVideoModel(*paths)
+    frames = {"keyframe": image, "warped": shifted(image)}
+    inputs = {kind: [{"image": torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1))), "height": f.shape[0],
+                      "width": f.shape[1]}] for kind, f in frames.items()}
+    with torch.no_grad():
+        want_key, state = model.inference_video(inputs["keyframe"], None, keyframe=True)
+        want_warped, _ = model.inference_video(inputs["warped"], state, keyframe=False)
+    got_key, onnx_state = runner.keyframe(image)
+    got_warped, _ = runner.warped(frames["warped"], onnx_state)
+    ok = True
+    for kind, got, want in (("keyframe", got_key, want_key), ("warped", got_warped, want_warped)):
+        report = compare(got, want[0]["instances"])
+        same = report["classes_equal"] and report["max_score_diff"] <= 1e-4 and report["min_mask_iou"] >= 0.99
+        print(f"verify {kind}:", report, "same detections" if same else "DIFFERENT detections")
+        ok = ok and same
+    return 0 if ok else 2
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import cv2
@@ -97,6 +148,12 @@ def main(argv=None) -> int:
     predictor = Predictor(resolve_config_file(args.config), args.weights, device="cpu", opts=args.opts, optimize=False)
     model = predictor.model
     fold_batch_norm(model)  # leaner graph; same results up to float rounding
+    if getattr(model, "is_video_model", False):
+        image = cv2.imread(args.verify) if args.verify else None
+        if args.verify and image is None:
+            print(f"error: cannot read image '{args.verify}'", file=sys.stderr)
+            return 1
+        return export_video(args, model, image)
     if model.resize_mode != "squash" and args.verify:
         # shortest_edge graphs take the recorded image size only: record at the verify image's size
         image = cv2.imread(args.verify)
