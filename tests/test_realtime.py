@@ -5,7 +5,8 @@ Oracle: the same Predictor's eager path (Yolact.inference + YolactPostProcessor 
 kernels), same model and weights, called on the same batches. On the CPU the fast path runs
 without CUDA graphs (its CPU form) and must give the eager detections bit for bit in fp32.
 The tests named *cuda* run on a GPU machine (tools/gpu_check.py's op_tests step) and are skipped
-here with the reason.
+here with the reason; without one, the graph's forward runs on fake CUDA tensors, where any
+data-dependent shape or host read (which a CUDA graph cannot capture) raises.
 """
 import os
 
@@ -199,6 +200,51 @@ def test_standard_nms_cannot_be_captured(tmp_path):
     _assert_identical(predictor(image), _eager(predictor, image))  # eager form of the same graph
     with pytest.raises(RealtimeError, match="standard NMS.*cannot capture"):
         RealtimeEngine(predictor.model, cuda_graphs=True)
+
+
+# ------------------------------------------------------------------ capturability, without a GPU
+def _fake_cuda_outputs(case, extra_opts=(), dtype=torch.float32):
+    """FrameGraph's forward on fake CUDA tensors (FakeTensorMode: shapes, dtypes and devices, no
+    data). An op whose output shape depends on the data or that reads a value back to the host
+    (nonzero, .item(), bool(tensor): what a CUDA graph cannot capture) raises there."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.func import functional_call
+
+    from yolact_d2.deploy.optimize import optimize_for_inference
+    from yolact_d2.deploy.precision import cast_network
+    from yolact_d2.deploy.realtime import FrameGraph
+
+    config, opts, _ = CASES[case]
+    model = optimize_for_inference(fx.build_model(opts=opts + list(extra_opts), config=config))
+    if dtype != torch.float32:
+        cast_network(model, dtype)
+    graph = FrameGraph(model).eval()
+    mode = FakeTensorMode()
+    state = {k: mode.from_tensor(v) for k, v in list(graph.named_parameters()) + list(graph.named_buffers())}
+    with mode, torch.inference_mode():
+        state = {k: v.to("cuda") for k, v in state.items()}
+        return functional_call(graph, state, (torch.empty(2, 90, 120, 3, dtype=torch.uint8, device="cuda"),))
+
+
+@pytest.mark.parametrize("case, dtype", [
+    ("shapes tiny", torch.float32), ("shapes tiny", torch.float16), ("shapes tiny", torch.bfloat16),
+    pytest.param("YOLACT++ R50", torch.float16, marks=pytest.mark.slow),  # DCN, mask re-scoring
+])
+def test_graph_is_capturable_fake_cuda(case, dtype):
+    outputs = _fake_cuda_outputs(case, dtype=dtype)
+    d = 20 if case == "shapes tiny" else 100  # max_detections
+    assert [tuple(o.shape) for o in outputs[:5]] == [(2, d, 4), (2, d), (2, d), (2, d, 90, 120), (2,)]
+    assert all(o.device.type == "cuda" for o in outputs)
+    assert [o.dtype for o in outputs[:5]] == [torch.float32, torch.float32, torch.int64, torch.bool, torch.int64]
+    assert len(outputs) == (6 if case == "YOLACT++ R50" else 5)
+
+
+def test_fake_cuda_check_sees_a_host_read():
+    # the oracle that the check above can fail: standard NMS keeps a data-dependent count
+    from torch._subclasses.fake_tensor import DynamicOutputShapeException
+
+    with pytest.raises(DynamicOutputShapeException):
+        _fake_cuda_outputs("shapes tiny", ["model.post_processor.standard_nms=True"])
 
 
 # ------------------------------------------------------------------ on a GPU (gpu_check op_tests)
