@@ -154,7 +154,7 @@ def test_int8_errors(tiny_weights, tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(ValueError, match="needs a weights file"):
         Predictor(TINY, None, device="cpu", precision="int8")
-    with pytest.raises(prec.PrecisionError, match="video"):
+    with pytest.raises(ValueError, match="not a YolactEdge video model"):  # int8 video needs a video config
         VideoPredictor(TINY, tiny_weights, device="cpu", precision="int8")
     with pytest.raises(FileNotFoundError, match="not a folder"):
         Predictor(TINY, tiny_weights, device="cpu", precision="int8", calibration=str(tmp_path / "nope"))
@@ -182,3 +182,110 @@ def test_train_net_eval_int8_uses_the_predictors_model(tiny_weights, int8_predic
     int8 = evaluate("int8")
     for task in ("bbox", "segm"):
         assert abs(int8[task]["AP"] - fp32[task]["AP"]) <= 2.0, (task, int8[task], fp32[task])
+
+
+# ------------------------------------------------------------------ YolactEdge video (two graphs)
+# Seeded YolactEdge R18 video model at 128 (tests/test_video_predictor.py's), calibrated on a
+# folder of 10 moving frames (one video: keyframes 0 and 5, 8 warped pairs). Measured here, int8 vs
+# fp32 on 2 sequences of a keyframe + 4 warped frames, top 5 each: twins 46/50, score difference
+# <= 0.0074 (keyframes <= 0.001: the warped frames add the int8 flow net's error), mask IoU mean
+# 0.96, 43/46 >= 0.75 (seeded, untrained prototypes: three small masks flipped). Stated bounds:
+VIDEO_SCORE_TOL = 0.02
+VIDEO_MEAN_MASK_IOU = 0.85
+
+
+@pytest.fixture(scope="module")
+def video_setup(tmp_path_factory):
+    import test_video_predictor as tv
+
+    root = tmp_path_factory.mktemp("int8_video")
+    weights = fx.write_checkpoint(str(root / "edge_r18.pth"), config=tv.VID_R18, opts=tv.OPTS)
+    calib = root / "frames"
+    calib.mkdir()
+    for i, frame in enumerate(tv.moving_frames(10, seed=3)):
+        cv2.imwrite(str(calib / f"{i:03d}.png"), frame)
+    int8 = VideoPredictor(tv.VID_R18, weights, device="cpu", opts=tv.OPTS, precision="int8", calibration=str(calib))
+    return tv, weights, str(calib), int8
+
+
+def test_video_int8_matches_fp32(video_setup):
+    tv, weights, _, int8 = video_setup
+    fp32 = VideoPredictor(tv.VID_R18, weights, device="cpu", opts=tv.OPTS)
+    found = total = 0
+    mask_ious = []
+    for seed in (0, 1):
+        fp32.reset()
+        int8.reset()
+        for frame in tv.moving_frames(5, seed=seed):
+            want, got = fp32(frame), int8(frame)
+            assert int8.last_was_keyframe == fp32.last_was_keyframe  # the same schedule drives both graphs
+            assert got.image_size == want.image_size and len(want) >= TOP
+            ious = pairwise_iou(want.pred_boxes[:TOP], got.pred_boxes)
+            for i in range(TOP):
+                total += 1
+                candidates = torch.where(got.pred_classes == want.pred_classes[i], ious[i], torch.zeros_like(ious[i]))
+                j = int(candidates.argmax())
+                if candidates[j] < 0.8:
+                    continue
+                found += 1
+                assert abs(float(got.scores[j] - want.scores[i])) <= VIDEO_SCORE_TOL
+                mask_ious.append(_mask_iou(got.pred_masks[j], want.pred_masks[i]))
+    assert int8.num_keyframes == 1 and fp32.num_keyframes == 1
+    assert found >= MIN_TWIN_FRACTION * total, f"only {found}/{total} fp32 top detections found at int8"
+    assert np.mean(mask_ious) >= VIDEO_MEAN_MASK_IOU, mask_ious
+    assert np.mean(np.array(mask_ious) >= GOOD_MASK_IOU) >= MIN_GOOD_FRACTION, mask_ious
+
+
+def test_video_int8_graphs_and_parts(video_setup):
+    """Both cached graphs next to the weights; int8 convs exactly in the default video parts
+    (flow_net yes in both graphs, SPA float: YolactEdge's vid recipe on top of the image default)."""
+    _, weights, _, int8 = video_setup
+    key, warped = int8.int8_paths
+    assert os.path.dirname(key) == os.path.dirname(weights)
+    assert key.endswith(".keyframe.onnx") and warped.endswith(".warped.onnx") and key[:-14] == warped[:-12]
+    want = {p: {p in q.DEFAULT_VIDEO_INT8_PARTS} for p in q.VIDEO_PARTS}
+    assert _int8_by_part(warped) == want
+    assert _int8_by_part(key) == {p: v for p, v in want.items() if p != "spa"}  # no SPA on keyframes
+
+
+def test_video_int8_cache_reused_and_rebuilt(video_setup, tmp_path, monkeypatch):
+    tv, weights, calib, int8 = video_setup
+    mtimes = [os.stat(p).st_mtime_ns for p in int8.int8_paths]
+    monkeypatch.setattr(q, "quantize_onnx_int8", lambda *a, **k: pytest.fail("re-calibrated on the same weights"))
+    again = VideoPredictor(tv.VID_R18, weights, device="cpu", opts=tv.OPTS, precision="int8", calibration=calib)
+    assert again.int8_paths == int8.int8_paths
+    assert [os.stat(p).st_mtime_ns for p in again.int8_paths] == mtimes
+    frame = tv.moving_frames(1)[0]
+    int8.reset()
+    assert torch.equal(again(frame).pred_classes, int8(frame).pred_classes)
+    monkeypatch.undo()
+    other = fx.write_checkpoint(str(tmp_path / "edge_r18.pth"), seed=1, config=tv.VID_R18, opts=tv.OPTS)
+    rebuilt = VideoPredictor(tv.VID_R18, other, device="cpu", opts=tv.OPTS, precision="int8", calibration=calib,
+                             int8_parts=("backbone", "protonet", "flow_net"))  # YolactEdge's own vid recipe
+    assert all(os.path.isfile(p) and os.path.dirname(p) == str(tmp_path) for p in rebuilt.int8_paths)
+    assert os.path.basename(rebuilt.int8_paths[0]) != os.path.basename(int8.int8_paths[0])
+    assert _int8_by_part(rebuilt.int8_paths[1]) == {"backbone": {True}, "protonet": {True}, "flow_net": {True},
+                                                    "fpn": {False}, "head": {False}, "spa": {False}}
+
+
+def test_video_int8_errors(video_setup, tmp_path, int8_predictor):
+    tv, weights, _, _ = video_setup
+    one = tmp_path / "one"
+    one.mkdir()
+    cv2.imwrite(str(one / "0.png"), tv.moving_frames(1)[0])
+    with pytest.raises(ValueError, match="give at least 2"):
+        VideoPredictor(tv.VID_R18, weights, device="cpu", opts=tv.OPTS, precision="int8", calibration=str(one))
+    with pytest.raises(ValueError, match="unknown"):
+        VideoPredictor(tv.VID_R18, weights, device="cpu", opts=tv.OPTS, precision="int8", int8_parts=["neck"])
+    with pytest.raises(prec.PrecisionError, match="VideoPredictor\\(config, weights, precision='int8'\\)"):
+        VideoPredictor.from_predictor(int8_predictor)  # an int8 image Predictor holds one graph only
+
+
+def test_calibration_pairs():
+    """A folder is one video (pairs with the last keyframe, interval 5); stills pair with a shift."""
+    frames = [np.full((4, 4, 3), i, np.uint8) for i in range(7)]
+    pairs = q.calibration_pairs(frames, sequence=True)
+    assert [(int(k[0, 0, 0]), int(c[0, 0, 0])) for k, c in pairs] == [(0, 1), (0, 2), (0, 3), (0, 4), (5, 6)]
+    still = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    [(key, moved)] = q.calibration_pairs([still], sequence=False)
+    assert key is still and np.array_equal(moved, np.roll(still, (4, 6), axis=(0, 1)))

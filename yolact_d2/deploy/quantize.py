@@ -418,6 +418,7 @@ def video_int8_model_paths(
     """VideoPredictor entry: the calibrated int8 (keyframe, non-keyframe) graphs for (config,
     weights, calibration), built or taken from the cache next to the weights. A calibration folder
     is read as one video's frames (name order), the config's training images as stills."""
+    parts = _check_parts(parts, VIDEO_PARTS)  # before any image is looked for
     files, settings = _calibration_inputs(cfg, model_cfg, model, weights, calibration, num_images)
     return build_video_int8_onnx(model, os.fspath(weights), files, settings, parts=parts,
                                  sequence=calibration is not None)
