@@ -230,7 +230,7 @@ def _fake_cuda_outputs(case, extra_opts=(), dtype=torch.float32):
     ("shapes tiny", torch.float32), ("shapes tiny", torch.float16), ("shapes tiny", torch.bfloat16),
     pytest.param("YOLACT++ R50", torch.float16, marks=pytest.mark.slow),  # DCN, mask re-scoring
 ])
-def test_graph_is_capturable_fake_cuda(case, dtype):
+def test_graph_is_capturable_on_fake_gpu_tensors(case, dtype):
     outputs = _fake_cuda_outputs(case, dtype=dtype)
     d = 20 if case == "shapes tiny" else 100  # max_detections
     assert [tuple(o.shape) for o in outputs[:5]] == [(2, d, 4), (2, d), (2, d), (2, d, 90, 120), (2,)]
@@ -239,7 +239,7 @@ def test_graph_is_capturable_fake_cuda(case, dtype):
     assert len(outputs) == (6 if case == "YOLACT++ R50" else 5)
 
 
-def test_fake_cuda_check_sees_a_host_read():
+def test_fake_tensor_check_sees_a_host_read():
     # the oracle that the check above can fail: standard NMS keeps a data-dependent count
     from torch._subclasses.fake_tensor import DynamicOutputShapeException
 

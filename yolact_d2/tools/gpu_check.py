@@ -564,14 +564,15 @@ def do_training(c: Check, why_not: Optional[str]) -> None:
         out_dir = os.path.join(a.output, name)
         shutil.rmtree(out_dir, ignore_errors=True)
         device, amp = ("cpu", False) if a.dry_run else ("cuda", True)
-        cmd = train_command(a.train_config, device, amp, iters, out_dir, amp_dtype=amp_dtype)
+        n = iters if amp_dtype == "float16" else min(iters, 20)  # bf16: a shorter second run (time box)
+        cmd = train_command(a.train_config, device, amp, n, out_dir, amp_dtype=amp_dtype)
         rc, out, secs = c.run(name, cmd, 180)
         cuda = {"status": "skipped", "reason": why_not} if why_not else {"status": "run", "amp": True}
         if rc != 0:
             c.record(name, "failed", f"train_net exit {rc} (see gpu_check.log)", secs, device=device, cuda=cuda)
         else:
             c.worker(name, 30, 1, ["--train-dir", out_dir], worker="train_losses", device=device,
-                     iterations=iters, amp=amp, amp_dtype=amp_dtype, cuda=cuda, train_seconds=round(secs, 1))
+                     iterations=n, amp=amp, amp_dtype=amp_dtype, cuda=cuda, train_seconds=round(secs, 1))
     import torch
 
     n_gpu = torch.cuda.device_count() if not a.dry_run else 0
