@@ -142,7 +142,7 @@ def test_frozen_parts_stay_bit_identical(stage):
         assert trained_keys == {n for n, _ in model.named_parameters() if n.startswith("flow_net.")}
         assert set(losses) == {"loss_flow"}
     else:
-        assert {n.split(".")[0] for n in trained_keys} == {"backbone", "protonet", "head", "semantic_seg_conv", "flow_net", "spa"}
+        assert {n.split(".")[0] for n in trained_keys} == {"backbone", "protonet", "head", "semantic_seg_conv", "flow_net"}
         assert not any(n.startswith(("backbone.bottom_up.", "backbone.lateral_convs.")) for n in trained_keys)
         assert {"loss_box", "loss_cls", "loss_mask", "loss_semseg", "loss_feature_match", "loss_box_full"} <= set(losses)
     # the flow net's prediction convs change; the scale/bias of the unused finest level may not
@@ -175,3 +175,91 @@ def test_init_without_image_parts_names_the_missing_keys(tmp_path):
     assert "flow_net" not in str(e.value).split("may start fresh")[1]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         YolactCheckpointer(small_model("video"), str(tmp_path / "c"), init_may_miss=[]).resume_or_load(str(tmp_path / "none.pth"), resume=True)
+
+
+# ---------------------------------------------------------------------------- through the engine
+TINY_CONFIG = '''
+from yolact_d2.data.augmentations import YolactResize
+from yolact_d2.data.moving_shapes import prepare_moving_shapes
+from yolact_d2.model_zoo import get_config
+
+_base = get_config("yolact_edge/moving_shapes/{stage_config}")
+model, dataloader, optimizer, lr_multiplier, train = (
+    _base.model, _base.dataloader, _base.optimizer, _base.lr_multiplier, _base.train)
+prepare_moving_shapes({root!r}, prefix="tiny_ms", num_train_clips=3, num_val_clips=1, num_frames=8, image_size=64, seed=0)
+dataloader.train.dataset.names = "tiny_ms_train"
+dataloader.test.dataset.names = "tiny_ms_val"
+dataloader.train.mapper.augmentations[-1] = YolactResize(size=64)
+dataloader.train.total_batch_size = 4
+dataloader.train.num_workers = 0
+dataloader.test.num_workers = 0
+if "augmentations" in dataloader.test.mapper:
+    dataloader.test.mapper.augmentations = [YolactResize(size=64)]
+model.input_size = 64
+optimizer.lr = {lr}
+train.max_iter = {iters}
+train.log_period = 1
+train.checkpointer = dict(period=1000, max_to_keep=1)
+train.init_checkpoint = {init!r}
+train.output_dir = {out!r}
+'''
+
+
+def run_stage(tmp_path, stage_config, init, lr, iters=24):
+    import subprocess
+    import sys
+
+    out = str(tmp_path / stage_config.replace(".py", ""))
+    cfg = tmp_path / f"tiny_{stage_config}"
+    cfg.write_text(TINY_CONFIG.format(stage_config=stage_config, root=str(tmp_path / "ms"), lr=lr, iters=iters,
+                                      init=init, out=out))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", str(cfg)],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    with open(os.path.join(out, "metrics.json")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if "iteration" in r and any(k.startswith("loss_") for k in r)], out, proc.stdout + proc.stderr
+
+
+def assert_each_loss_falls(rows, names, window=6):
+    for name in names:
+        values = [r[name] for r in rows if name in r]
+        first, last = sum(values[:window]) / window, sum(values[-window:]) / window
+        assert last < first, f"{name}: first {window} iterations {first:.4f}, last {window} {last:.4f}"
+
+
+@pytest.mark.slow
+def test_flow_then_video_stage_through_train_net_lower_every_loss(tmp_path):
+    cfg = LazyConfig.load(os.path.join(REPO, "configs", "shapes", "small_yolact.py"))
+    cfg.model.input_size = 64
+    torch.manual_seed(0)
+    image_model = str(tmp_path / "image_model.pth")
+    torch.save({"model": instantiate(cfg.model).state_dict()}, image_model)  # a Yolact: the image parts only
+
+    rows, flow_out, log = run_stage(tmp_path, "flow_pretrain.py", image_model, lr=2e-3)
+    assert {k for k in rows[0] if k.startswith("loss_")} == {"loss_flow"}
+    assert_each_loss_falls(rows, ["loss_flow"])
+    assert "EPE" in log  # the flow stage ends with FlowEPEEvaluator on the val pairs
+
+    rows, _, log = run_stage(tmp_path, "video_finetune.py", os.path.join(flow_out, "model_final.pth"), lr=5e-3)
+    names = {k for k in rows[0] if k.startswith("loss_")}
+    assert names == {"loss_box", "loss_cls", "loss_mask", "loss_semseg", "loss_feature_match",
+                     "loss_box_full", "loss_cls_full", "loss_mask_full", "loss_semseg_full"}
+    assert_each_loss_falls(rows, sorted(names))
+    assert "segm_warp4" in log and "segm_keyframe" in log  # the 5-phase video evaluation ran
+
+    # a video config from a checkpoint without the image parts: one error line naming them, before iteration 0
+    import subprocess
+    import sys
+
+    partial = str(tmp_path / "no_head.pth")
+    torch.save({"model": {k: v for k, v in torch.load(image_model)["model"].items() if not k.startswith("head.")}}, partial)
+    cfg_file = tmp_path / "tiny_video_finetune.py"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", str(cfg_file),
+                           f"train.init_checkpoint={partial}", f"train.output_dir={tmp_path / 'bad'}"],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "lacks" in proc.stderr and "head." in proc.stderr and "flow_net" in proc.stderr
+    metrics = tmp_path / "bad" / "metrics.json"
+    assert not metrics.exists() or not metrics.read_text().strip()  # no iteration ran

@@ -135,6 +135,9 @@ class YolactTrainer(SimpleTrainer):
         else:
             losses.backward()
         self._write_metrics(loss_dict, data_time)
+        if len(loss_dict) == 1 and comm.is_main_process():
+            # Detectron2 logs a lone loss term (e.g. YolactEdge's loss_flow) only as total_loss: name it too.
+            self.storage.put_scalar(next(iter(loss_dict)), self.storage.history("total_loss").latest())
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
