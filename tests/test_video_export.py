@@ -140,3 +140,26 @@ def test_shifted_moves_pixels():
     image = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
     moved = shifted(image, (1, 2))
     assert moved[1, 2].tolist() == image[0, 0].tolist() and moved[0, 0].tolist() == image[4, 5].tolist()
+
+
+@pytest.mark.slow
+def test_network_graphs_match_pytorch(tmp_path):
+    """The int8 runtime's fp32 network graphs (the model's own pre/post-processing around them)."""
+    from yolact_d2.deploy.video_export import OnnxVideoNetwork, export_video_network_onnx
+
+    config = os.path.join(EDGE, "yolact_edge_vid_R_18_FPN_550.py")
+    reference, folded = _model(config), _model(config)
+    fold_batch_norm(folded)
+    runner = OnnxVideoNetwork(*export_video_network_onnx(folded, str(tmp_path / "k.onnx"), str(tmp_path / "w.onnx")),
+                              folded)
+    with torch.no_grad():
+        for i, frame in enumerate(tv.moving_frames(5, height=90, width=120, seed=0)):
+            inputs = [tv.as_input(frame)]
+            want, new_state = reference.inference_video(inputs, None if i == 0 else state, keyframe=i == 0)
+            if i == 0:
+                state = new_state
+                got, onnx_state = runner.keyframe(inputs)
+                assert onnx_state.image_size == (90, 120) and onnx_state.input_size == (128, 128)
+            else:
+                got, _ = runner.warped(inputs, onnx_state)
+            assert_same_detections(got[0]["instances"], want[0]["instances"])

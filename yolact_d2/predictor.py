@@ -397,17 +397,18 @@ class VideoPredictor(Predictor):
         self.keyframe_interval = int(keyframe_interval)
         self.adaptive = as_adaptive(adaptive)
 
-    _int8_video = None  # precision="int8": the two calibrated graphs in onnxruntime (OnnxVideoModel)
+    _int8_video = None  # precision="int8": the two calibrated network graphs in onnxruntime (OnnxVideoNetwork)
 
     def _build_int8(self, model, model_cfg, weights, calibration, int8_parts) -> None:
-        """precision="int8": the keyframe and non-keyframe graphs (deploy/video_export.py), their
-        convs quantized (default parts: DEFAULT_VIDEO_INT8_PARTS), cached next to the weights."""
+        """precision="int8": the keyframe and non-keyframe network graphs (deploy/video_export.py),
+        their convs quantized (default parts: DEFAULT_VIDEO_INT8_PARTS), cached next to the weights;
+        resize, Fast NMS and masks: the model's own float32 code."""
         from yolact_d2.deploy.quantize import DEFAULT_VIDEO_INT8_PARTS, video_int8_model_paths
-        from yolact_d2.deploy.video_export import OnnxVideoModel
+        from yolact_d2.deploy.video_export import OnnxVideoNetwork
 
         parts = DEFAULT_VIDEO_INT8_PARTS if int8_parts is None else int8_parts
         self.int8_paths = video_int8_model_paths(self.cfg, model_cfg, model, weights, calibration, parts=parts)
-        self._int8_video = OnnxVideoModel(*self.int8_paths)
+        self._int8_video = OnnxVideoNetwork(*self.int8_paths, model)
 
     def _check_model(self, model: nn.Module) -> None:
         if not getattr(model, "is_video_model", False):
@@ -468,9 +469,8 @@ class VideoPredictor(Predictor):
         from yolact_d2.keyframe_schedule import warp_measures
 
         if self._int8_video is not None:  # the non-keyframe graph returns what the hook reads below
-            instances, (current, keyframe, flow) = self._int8_video.warped(self._graph_frame(inputs), self.state)
-            measures = warp_measures(current, keyframe, flow, self.state.input_size) if measure else {}
-            return [{"instances": instances}], measures
+            outputs, (current, keyframe, flow) = self._int8_video.warped(inputs, self.state)
+            return outputs, warp_measures(current, keyframe, flow, self.state.input_size) if measure else {}
         seen: Dict[str, tuple] = {}
         hook = None
         if measure:
@@ -488,15 +488,9 @@ class VideoPredictor(Predictor):
         flow = seen["out"][-1][0]  # the finest prediction run at inference (1/2 scale, warps P4)
         return outputs, warp_measures(current, keyframe, flow, self.state.input_size)
 
-    @staticmethod
-    def _graph_frame(inputs: List[Dict]) -> np.ndarray:
-        """The model input's (H, W, 3) uint8 view in the model's format, as the int8 graphs take it."""
-        return inputs[0]["image"].permute(1, 2, 0).numpy()
-
     def _keyframe(self, inputs: List[Dict]):
         if self._int8_video is not None:
-            instances, state = self._int8_video.keyframe(self._graph_frame(inputs))
-            return [{"instances": instances}], state
+            return self._int8_video.keyframe(inputs)
         return self.model.inference_video(inputs, None, keyframe=True)
 
     def __call__(self, frame: ImageLike, keyframe: Optional[bool] = None) -> Instances:

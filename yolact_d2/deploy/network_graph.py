@@ -32,8 +32,12 @@ class NetworkGraph(nn.Module):
         self.model = model  # weight names stay "model.backbone...", which deploy.quantize's parts read
 
     def forward(self, images: torch.Tensor):
+        return self.predictions(self.model.backbone(images))
+
+    def predictions(self, feats: Dict[str, torch.Tensor]):
+        """FPN features -> (loc, conf, coef, proto); YolactEdge's video network graphs feed it their
+        keyframe or warped features (deploy/video_export.py)."""
         m = self.model
-        feats = m.backbone(images)
         proto = m.protonet(feats[m.proto_feature]).permute(0, 2, 3, 1)
         preds = m.head([feats[f] for f in m.head_features])
         return preds["loc"], preds["conf"], preds["coef"], proto
@@ -79,9 +83,12 @@ class OnnxNetworkYolact:
     preprocess_image, the network graph at `path` in ONNX Runtime, `model`'s post-processing.
 
     threads: ONNX Runtime's intra-op threads (default torch.get_num_threads(), so a pinned torch
-    thread count, e.g. tools/benchmark.py --threads, pins ONNX Runtime too)."""
+    thread count, e.g. tools/benchmark.py --threads, pins ONNX Runtime too).
+    extra_outputs: outputs after the network's four (YolactEdge's video state / flow).
+    extra_inputs: inputs after "images" (YolactEdge's non-keyframe graph takes the state)."""
 
-    def __init__(self, path: str, model: nn.Module, threads: int = 0):
+    def __init__(self, path: str, model: nn.Module, threads: int = 0, extra_outputs: Sequence[str] = (),
+                 extra_inputs: Sequence[str] = ()):
         import os
 
         import onnxruntime as ort
@@ -92,11 +99,15 @@ class OnnxNetworkYolact:
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         names = [o.name for o in self.session.get_outputs()]
-        if names != list(NETWORK_OUTPUTS):
+        self.outputs = list(NETWORK_OUTPUTS) + list(extra_outputs)
+        if names != self.outputs:
             raise ValueError(
-                f"OnnxNetworkYolact: '{path}' has outputs {names}, not the network graph's {list(NETWORK_OUTPUTS)}; "
+                f"OnnxNetworkYolact: '{path}' has outputs {names}, not the network graph's {self.outputs}; "
                 "a whole-model export (tools/export_model.py) runs with yolact_d2.deploy.onnx.OnnxPredictor."
             )
+        inputs = [i.name for i in self.session.get_inputs()]
+        if inputs != ["images"] + list(extra_inputs):
+            raise ValueError(f"OnnxNetworkYolact: '{path}' takes {inputs}, not {['images'] + list(extra_inputs)}.")
         self.model = model
         self.input_format = getattr(model, "input_format", "BGR")
         self.training = False
@@ -115,11 +126,13 @@ class OnnxNetworkYolact:
             raise RuntimeError("OnnxNetworkYolact runs inference only.")
         return self
 
-    def network(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """(B, 3, H, W) normalised -> {loc, conf, coef, proto} float32 tensors (ONNX Runtime)."""
+    def network(self, images: torch.Tensor, **extra: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """(B, 3, H, W) normalised (+ the extra inputs by name) -> {loc, conf, coef, proto, + the
+        extra outputs} float32 tensors (ONNX Runtime)."""
         feed = {"images": np.ascontiguousarray(images.float().cpu().numpy())}
-        outs = self.session.run(list(NETWORK_OUTPUTS), feed)
-        return {name: torch.from_numpy(out) for name, out in zip(NETWORK_OUTPUTS, outs)}
+        feed.update({name: np.ascontiguousarray(value.cpu().numpy()) for name, value in extra.items()})
+        outs = self.session.run(self.outputs, feed)
+        return {name: torch.from_numpy(out) for name, out in zip(self.outputs, outs)}
 
     def __call__(self, inputs: Sequence[Dict]) -> List[Dict]:
         with torch.no_grad():

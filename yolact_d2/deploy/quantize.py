@@ -373,14 +373,17 @@ def build_video_int8_onnx(
 ):
     """The int8 keyframe and non-keyframe graphs of a YolactEdge video model (weights loaded, eval):
     (`<weights>.int8.<hash12>.keyframe.onnx`, `....warped.onnx`), reused when both exist, else
-    exported (folds `model`'s batch norms in place) and calibrated: the keyframe graph on the
-    images, the warped graph on `calibration_pairs` with the state the int8 keyframe graph gives
-    (what it sees at run time)."""
+    exported (the network graphs of deploy.video_export; folds `model`'s batch norms in place)
+    and calibrated: the keyframe graph on the images, the warped graph on `calibration_pairs` with
+    the state the int8 keyframe graph gives (what it sees at run time)."""
+    import torch
+
+    from yolact_d2.deploy.network_graph import OnnxNetworkYolact, network_feed
     from yolact_d2.deploy.optimize import fold_batch_norm
-    from yolact_d2.deploy.video_export import OnnxVideoModel, export_video_onnx
+    from yolact_d2.deploy.video_export import STATE_NAMES, export_video_network_onnx
 
     parts = _check_parts(parts, VIDEO_PARTS)
-    settings = dict(settings, video=True, parts=list(parts), per_channel=per_channel,
+    settings = dict(settings, video="network graphs", parts=list(parts), per_channel=per_channel,
                     activation_type=activation_type, sequence=sequence, interval=CALIBRATION_INTERVAL)
     base = int8_cache_path(weights, settings, files)[: -len(".onnx")]
     paths = (base + ".keyframe.onnx", base + ".warped.onnx")
@@ -389,17 +392,20 @@ def build_video_int8_onnx(
         return paths
     logger.info("int8: calibrating the video graphs on %d images -> %s", len(files), paths)
     fold_batch_norm(model)
-    size = int(getattr(model, "input_size", 550))
     images = calibration_images(files)
     with tempfile.TemporaryDirectory(prefix="yolact_int8_video_") as tmp:
-        key32, warped32 = export_video_onnx(
-            model, os.path.join(tmp, "keyframe.onnx"), os.path.join(tmp, "warped.onnx"), sample_size=(size, size)
-        )
+        key32, warped32 = export_video_network_onnx(model, os.path.join(tmp, "keyframe.onnx"),
+                                                    os.path.join(tmp, "warped.onnx"))
         partial = [p + ".partial" for p in paths]  # an interrupted build never looks like a cache hit
-        quantize_onnx_int8(key32, partial[0], images, per_channel, parts, activation_type)
-        runner = OnnxVideoModel(partial[0], warped32)
-        feeds = [lambda key=key, cur=cur: dict(image_feed(cur), **runner.state_feeds(key))
-                 for key, cur in calibration_pairs(images, sequence)]
+        feeds = [lambda image=image: network_feed(model, image) for image in images]  # on demand
+        quantize_onnx_int8(key32, partial[0], feeds, per_channel, parts, activation_type)
+        keyframe = OnnxNetworkYolact(partial[0], model, extra_outputs=STATE_NAMES)
+
+        def warped_feed(key, cur):
+            state = keyframe.network(torch.from_numpy(network_feed(model, key)["images"]))
+            return dict(network_feed(model, cur), **{name: state[name].numpy() for name in STATE_NAMES})
+
+        feeds = [lambda key=key, cur=cur: warped_feed(key, cur) for key, cur in calibration_pairs(images, sequence)]
         quantize_onnx_int8(warped32, partial[1], feeds, per_channel, parts, activation_type)
         for done, path in zip(partial, paths):
             os.replace(done, path)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from yolact_d2.deploy.onnx import export_settings, export_wrapper, image_dims, outputs_to_instances, _sample_images
+from yolact_d2.deploy.network_graph import NETWORK_OUTPUTS, NetworkGraph, OnnxNetworkYolact, _network_input_size
 from yolact_d2.deploy.wrapper import YolactExportWrapper, output_names
 from yolact_d2.modeling.feature_transfer import KeyframeState
 
@@ -39,6 +40,11 @@ __all__ = [
     "export_video_onnx",
     "OnnxVideoModel",
     "shifted",
+    "warped_features",
+    "KeyframeNetworkGraph",
+    "WarpedNetworkGraph",
+    "export_video_network_onnx",
+    "OnnxVideoNetwork",
 ]
 
 STATE_NAMES = ("state_p4", "state_p5", "state_flow_feature")
@@ -86,15 +92,23 @@ class WarpedExportWrapper(YolactExportWrapper):
     def forward(self, images, state_p4, state_p5, state_flow_feature) -> Tuple[torch.Tensor, ...]:
         height, width = images.shape[-2], images.shape[-1]
         resized = self._resized_size(height, width)
-        m = self.model
-        # Only what a warped frame reads (see the module docstring): P3 and the lateral are not kept.
-        state = KeyframeState(features=[None, state_p4, state_p5], lateral=None, input_size=self.net_size,
-                              image_size=self.net_size, flow_feature=state_flow_feature)
-        lateral = m.backbone.lateral_convs[0](m.partial_c3(self._normalize(images, resized)))
-        current = m.flow_net.reduce(lateral)  # predict_flow's two steps, its reduced lateral kept as an output
-        flows = m.flow_net(current, state_flow_feature)  # [1/4 scale (P5), 1/2 scale (P4)]
-        feats = m.backbone.forward_phase2(m.transfer_features(lateral, flows, state))
-        return (*self.detections(feats, height, width, resized), current, flows[-1][0])
+        feats, current, flow = warped_features(self.model, self._normalize(images, resized), state_p4, state_p5,
+                                               state_flow_feature)
+        return (*self.detections(feats, height, width, resized), current, flow)
+
+
+def warped_features(model: nn.Module, x: torch.Tensor, state_p4, state_p5, state_flow_feature):
+    """YolactEdge.warped_features from the three state tensors, for the graphs: (FPN features, this
+    frame's reduced lateral, the 1/2-scale flow)."""
+    # Only what a warped frame reads (see the module docstring): P3 and the lateral are not kept.
+    size = tuple(x.shape[-2:])
+    state = KeyframeState(features=[None, state_p4, state_p5], lateral=None, input_size=size, image_size=size,
+                          flow_feature=state_flow_feature)
+    lateral = model.backbone.lateral_convs[0](model.partial_c3(x))
+    current = model.flow_net.reduce(lateral)  # predict_flow's two steps, its reduced lateral kept as an output
+    flows = model.flow_net(current, state_flow_feature)  # [1/4 scale (P5), 1/2 scale (P4)]
+    feats = model.backbone.forward_phase2(model.transfer_features(lateral, flows, state))
+    return feats, current, flows[-1][0]
 
 
 def export_video_onnx(
@@ -191,3 +205,71 @@ class OnnxVideoModel:
         _, state = self.keyframe(frame)
         return {name: value.numpy() for name, value in
                 zip(STATE_NAMES, (state.features[1], state.features[2], state.flow_feature))}
+
+
+# ------------------------------------------------------------------ the network alone (int8 runtime)
+# As deploy.network_graph for images: the int8 graphs end at the network's outputs, and the model's
+# own preprocess_image / inference_from_predictions run around them (in-graph Fast NMS and mask
+# assembly cost ~90 ms of an R50-550 int8 frame in ONNX Runtime, measured for the image graph).
+class KeyframeNetworkGraph(NetworkGraph):
+    """normalised images (1, 3, S, S) -> loc, conf, coef, proto + state_p4, state_p5, state_flow_feature."""
+
+    def forward(self, images: torch.Tensor):
+        feats, state = self.model.keyframe_features(images)
+        return (*self.predictions(feats), *state.features[1:], state.flow_feature)
+
+
+class WarpedNetworkGraph(NetworkGraph):
+    """normalised images + the three state tensors -> loc, conf, coef, proto + flow_current, flow."""
+
+    def forward(self, images, state_p4, state_p5, state_flow_feature):
+        feats, current, flow = warped_features(self.model, images, state_p4, state_p5, state_flow_feature)
+        return (*self.predictions(feats), current, flow)
+
+
+def export_video_network_onnx(model: nn.Module, keyframe_path: str, warped_path: str, opset: int = 18):
+    """Both video network graphs of `model` (eval, batch norms folded) at its fixed network input
+    size, batch 1. Returns (keyframe_path, warped_path)."""
+    _check_video_model(model, "export_video_network_onnx")
+    model = model.eval()
+    key, warped = KeyframeNetworkGraph(model).eval(), WarpedNetworkGraph(model).eval()
+    sample = torch.zeros(1, 3, *_network_input_size(model), device=model.device)
+    export_wrapper(key, {"images": sample}, keyframe_path, NETWORK_OUTPUTS + STATE_NAMES, {"images": None}, opset)
+    with torch.no_grad():
+        state = key(sample)[len(NETWORK_OUTPUTS):]
+    inputs = {"images": sample, **dict(zip(STATE_NAMES, state))}
+    shapes = {name: None for name in inputs}
+    export_wrapper(warped, inputs, warped_path, NETWORK_OUTPUTS + FLOW_NAMES, shapes, opset)
+    return keyframe_path, warped_path
+
+
+class OnnxVideoNetwork:
+    """`model`'s pre/post-processing around both video network graphs in ONNX Runtime, with the
+    interface VideoPredictor uses: keyframe(inputs) -> (outputs, KeyframeState); warped(inputs,
+    state) -> (outputs, (this frame's reduced lateral, the keyframe's, the 1/2-scale flow)).
+    inputs: [{"image": (3, H, W) uint8 in the model's format, "height", "width"}]."""
+
+    def __init__(self, keyframe_path: str, warped_path: str, model: nn.Module, threads: int = 0):
+        self.model = model
+        self.keyframe_net = OnnxNetworkYolact(keyframe_path, model, threads, extra_outputs=STATE_NAMES)
+        self.warped_net = OnnxNetworkYolact(warped_path, model, threads, extra_outputs=FLOW_NAMES,
+                                            extra_inputs=STATE_NAMES)
+
+    def _run(self, net, inputs, **extra):
+        with torch.no_grad():
+            images = self.model.preprocess_image(list(inputs), resize=True)
+            out = net.network(images.tensor, **extra)
+            results = self.model.inference_from_predictions(out, net.priors, images, list(inputs))
+        return results, out, tuple(images.tensor.shape[-2:])
+
+    def keyframe(self, inputs: Sequence[Dict]):
+        results, out, size = self._run(self.keyframe_net, inputs)
+        d = inputs[0]
+        state = KeyframeState(features=[None, out["state_p4"], out["state_p5"]], lateral=None, input_size=size,
+                              image_size=(int(d["height"]), int(d["width"])), flow_feature=out["state_flow_feature"])
+        return results, state
+
+    def warped(self, inputs: Sequence[Dict], state: KeyframeState):
+        extra = dict(zip(STATE_NAMES, (state.features[1], state.features[2], state.flow_feature)))
+        results, out, _ = self._run(self.warped_net, inputs, **extra)
+        return results, (out["flow_current"], state.flow_feature, out["flow"])
