@@ -76,14 +76,59 @@ def test_quick_run_numbers(bm, tmp_path):
     assert stages["sum"] == pytest.approx(sum(stages[s] for s in bm.STAGES), abs=0.05)
 
 
+def _official_r50_weights(root, path, conf_scale=100.0):
+    """The official R50 at its own seeded initialisation, saved as an official .pth. Its class
+    conv is scaled so that random features give confident classes (100 detections at 640x480),
+    the work a trained model does; both codes then read the very same numbers."""
+    import sys
+
+    from yolact_d2.tools import benchmark as bm
+
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    with bm._cpu_only_official_imports():
+        from data.config import set_cfg
+
+        set_cfg("yolact_resnet50_config")
+        import yolact as official_yolact
+
+        torch.manual_seed(0)
+        state = official_yolact.Yolact().state_dict()
+    state["prediction_layers.0.conf_layer.weight"] = state["prediction_layers.0.conf_layer.weight"] * conf_scale
+    torch.save(state, path)
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("YOLACT_OFFICIAL_ROOT"), reason="set YOLACT_OFFICIAL_ROOT to a dbolya/yolact checkout")
 def test_official_contender(bm, tmp_path):
+    """Same weights (official .pth through our converter): the official code's detections are ours
+    (classes and boxes equal, scores within 1e-5, masks equal) and the run reports this/official."""
+    from yolact_d2 import Predictor
+    from yolact_d2.tools import convert_yolact_weights
+
+    root = os.environ["YOLACT_OFFICIAL_ROOT"]
+    official_pth = _official_r50_weights(root, str(tmp_path / "official_r50.pth"))
+    ours_pth = str(tmp_path / "ours_r50.pth")
+    assert convert_yolact_weights.main([official_pth, ours_pth]) == 0
+    image = bm.synthetic_image(480, 640, seed=0)
+    with torch.inference_mode():
+        classes, scores, boxes, masks = bm.build_official(root, "yolact_resnet50", official_pth, "cpu", 0)([image])[0]
+        ours = Predictor(fx.R50_CONFIG, ours_pth, device="cpu")(image)
+    assert len(ours) == classes.shape[0] > 0
+    assert torch.equal(ours.pred_classes, classes.long())
+    assert torch.allclose(ours.scores, scores, atol=1e-5, rtol=0)
+    assert torch.equal(ours.pred_boxes.tensor, boxes.float())
+    assert torch.equal(ours.pred_masks, masks > 0.5)
+
     out = str(tmp_path / "bench.json")
-    bm.main(["--batch-sizes", "1", "--warmup", "0", "--iters", "1", "--no-plain", "--no-maskrcnn", "--no-stages",
-             "--official-root", os.environ["YOLACT_OFFICIAL_ROOT"], "--json", out])
-    run = json.load(open(out))["runs"][0]
-    assert run["contenders"]["official YOLACT"]["ms"] > 0
+    bm.main(["--weights", ours_pth, "--official-weights", official_pth, "--official-root", root, "--batch-sizes", "1",
+             "--warmup", "0", "--iters", "1", "--no-plain", "--no-maskrcnn", "--no-stages", "--json", out])
+    c = json.load(open(out))["runs"][0]["contenders"]
+    off = c["official YOLACT"]
+    assert off["ms"] > 0 and off["this_over_official"] == 1.0
+    assert off["detections_first_image"] == c["yolact_d2"]["detections_first_image"] == len(ours)
+    assert c["yolact_d2"]["this_over_official"] == pytest.approx(c["yolact_d2"]["ms"] / off["ms"], rel=1e-3)
 
 
 VID_R18 = os.path.join(fx.REPO, "configs", "yolact_edge", "yolact_edge_vid_R_18_FPN_550.py")

@@ -5,6 +5,10 @@
         --official-weights yolact_resnet50_54_800000.pth --weights yolact_R_50_FPN_550.pth
     python tools/benchmark.py --device cuda --precisions fp32 fp16 --json out.json
     python tools/benchmark.py --precisions fp32 bf16 --batch-sizes 1  # CPU bf16, timed next to our fp32
+    python tools/benchmark.py --weights w.pth --official-root /path/to/dbolya/yolact --official-weights o.pth \
+        --precisions fp32 bf16 int8 --calibration images/ --batch-sizes 1   # one round robin, ratios to official
+    python tools/benchmark.py --config configs/shapes/yolact_shapes.py --weights model_final.pth \
+        --precisions fp32 bf16 int8 --eval-dataset shapes_val            # + AP and agreement with fp32
     python tools/benchmark.py --quick                          # seconds-long smoke run (tests)
 
 Every contender sees the same BGR image (--image, or a seeded synthetic one) at the same network
@@ -28,9 +32,22 @@ mean per frame at --keyframe-interval, and our YOLACT on the same backbone and w
 
     python tools/benchmark.py --config configs/yolact_edge/yolact_edge_vid_R_50_FPN_550.py --iters 7
 
-Timing: --warmup runs, then --iters rounds; in each round every contender runs once in turn (so a
-busy machine slows all of them alike); the median is reported, and the best round (min) too, the
-steadier figure on a machine shared with other jobs. torch.set_num_threads is pinned to
+Precisions: every CPU precision of --precisions (fp32, bf16, int8) is timed in the same rounds,
+our fp32 Predictor always among them (the base of "yolact_d2 / this"); with --official-root each
+contender's time is also given as a fraction of the official fp32 code's ("this / official"), and
+per-stage times for each precision (int8: preprocess, the ONNX Runtime network, Fast NMS, mask
+assembly). fp16 (CUDA) is a run of its own, every contender under autocast.
+
+Accuracy (--eval-dataset NAME, a registered dataset): each precision's Predictor (the very objects
+timed) runs every image; Detectron2's COCOEvaluator gives box / mask AP, and each precision's
+detections are matched to fp32's (same class, box IoU >= --match-iou, greedy by fp32 score):
+matched count, fp32 / this-precision detections left without a twin, mean / min mask IoU, max /
+mean |score difference|. Printed as a table and written to --json under "eval".
+
+Timing: --warmup runs, then --iters rounds; in each round every contender runs once in turn,
+starting one further along each round (so a busy machine slows all of them alike); the median
+and the p25-p75 spread are reported, and the best round (min) too, the steadier figure on a
+machine shared with other jobs. torch.set_num_threads is pinned to
 --threads and printed. The table gives ms per batch, ms per image, images/s and each contender's
 time relative to yolact_d2. --json writes all numbers.
 """
@@ -427,10 +444,10 @@ def run_benchmark(args) -> Dict:
             results["schedule_study"] = schedule_study(args, ours, args.schedule_study)
             print_study(results["schedule_study"])
             break
-        run = run_edge(args, ours, image, dtype == "fp16")
-        run["dtype"] = dtype
+        run = run_edge(args, ours, image, dtype == "fp16")  # every precision of --precisions in its rounds
         results["runs"].append(run)
         print_edge_run(run)
+        break
     results["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
     return results
 
