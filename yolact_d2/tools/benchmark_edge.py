@@ -10,6 +10,10 @@ batch 1 (video), with the same seeded (or --weights) weights:
 * the mean per frame at --keyframe-interval N, (keyframe + (N - 1) x non-keyframe) / N, from the
   medians (the official schedule is fixed, so this is the mean of a real sequence);
 * --yolact-config: more YOLACT configs to time beside them (seeded weights).
+* --precisions fp32 bf16 int8: every precision's VideoPredictor in the same rounds ("YolactEdge
+  int8 keyframe", ...; int8: both network graphs quantized, deploy.video_export, calibrated on
+  --calibration, a folder read as one video's frames); the stages are those of the first precision
+  (an eager model: fp32 or bf16).
 
 Stages (`EdgeStages`, the same maths as YolactEdge.keyframe_features / warped_features):
 keyframe = preprocess, backbone (full bottom-up), fpn_phase1 (+ the flow net's pre-conv kept for
@@ -31,7 +35,7 @@ import torch
 
 KEYFRAME_STAGES = ("preprocess", "backbone", "fpn_phase1", "rest")
 WARPED_STAGES = ("preprocess", "partial_backbone", "flow", "warp", "rest")
-CAMERA_SHIFT = (4, 6)  # (dy, dx) pixels between the keyframe and the non-keyframe image
+from yolact_d2.deploy.video_export import CAMERA_SHIFT  # (dy, dx) pixels between keyframe and non-keyframe
 
 
 class EdgeStages:
@@ -86,7 +90,9 @@ class EdgeStages:
 
 def shifted(image: np.ndarray, shift=CAMERA_SHIFT) -> np.ndarray:
     """The image moved by (dy, dx) pixels (wrapping round): the next frame of a panning camera."""
-    return np.ascontiguousarray(np.roll(image, shift, axis=(0, 1)))
+    from yolact_d2.deploy.video_export import shifted as shift_image
+
+    return shift_image(image, shift)
 
 
 def build_same_backbone_yolact(args, fp16: bool):
@@ -113,27 +119,49 @@ def build_same_backbone_yolact(args, fp16: bool):
         return Predictor(node, path, device=args.device, fp16=fp16)
 
 
+def video_predictors(args, ours) -> Dict[str, object]:
+    """{precision: VideoPredictor} for args.precisions; `ours` (the Predictor of the first one)
+    is shared unless it is int8 (an int8 video model is its own two graphs)."""
+    from yolact_d2 import VideoPredictor
+
+    interval = args.keyframe_interval
+    built = {}
+    for i, precision in enumerate(getattr(args, "precisions", None) or [ours.precision]):
+        if i == 0 and precision != "int8":
+            built[precision] = VideoPredictor.from_predictor(ours, keyframe_interval=interval)
+            continue
+        torch.manual_seed(args.seed)  # as build_ours: without --weights, the same random initialisation
+        extra = {}
+        if precision == "int8":
+            extra = dict(calibration=getattr(args, "calibration", None), int8_parts=getattr(args, "int8_parts", None))
+        built[precision] = VideoPredictor(args.config, args.weights, device=args.device, keyframe_interval=interval,
+                                          opts=args.opts, precision=precision, **extra)
+    return built
+
+
 def run_edge(args, ours, image: np.ndarray, fp16: bool) -> Dict:
-    """The YolactEdge run (batch 1): contenders, derived interval mean, stages. See the module doc."""
-    from yolact_d2 import Predictor, VideoPredictor
+    """The YolactEdge run (batch 1): contenders (every precision of args.precisions in the same
+    rounds), derived interval means, stages. See the module doc."""
+    from yolact_d2 import Predictor
     from yolact_d2.tools.benchmark import Timer, _num_detections
 
     device = torch.device(args.device)
     interval = args.keyframe_interval
-    vp = VideoPredictor.from_predictor(ours, keyframe_interval=interval)
+    predictors = video_predictors(args, ours)
+    names = {p: "YolactEdge" if len(predictors) == 1 else f"YolactEdge {p}" for p in predictors}
     moved = shifted(image)
     yolact = build_same_backbone_yolact(args, fp16)
-    contenders = {
-        "YOLACT (same backbone)": lambda: yolact(image),
-        "YolactEdge keyframe": lambda: vp(image, keyframe=True),
-        "YolactEdge non-keyframe": lambda: vp(moved, keyframe=False),
-    }
+    contenders = {"YOLACT (same backbone)": lambda: yolact(image)}
+    for p, vp in predictors.items():
+        contenders[f"{names[p]} keyframe"] = lambda vp=vp: vp(image, keyframe=True)
+        contenders[f"{names[p]} non-keyframe"] = lambda vp=vp: vp(moved, keyframe=False)
+    vp = next((v for v in predictors.values() if v._int8_video is None), None)  # stages: an eager model
     for cfg in args.yolact_config or []:
         torch.manual_seed(args.seed)
         extra = Predictor(cfg, None, device=args.device, opts=[o for o in args.opts if o.startswith("model.input_size")],
                           fp16=fp16)
         contenders[f"YOLACT {os.path.splitext(os.path.basename(cfg))[0]}"] = lambda p=extra: p(image)
-    stages = None if args.no_stages else EdgeStages(vp.model, [vp._to_input(image)], [vp._to_input(moved)])
+    stages = None if args.no_stages or vp is None else EdgeStages(vp.model, [vp._to_input(image)], [vp._to_input(moved)])
     timer = Timer(device)
     counts: Dict[str, int] = {}
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=fp16)
@@ -147,8 +175,9 @@ def run_edge(args, ours, image: np.ndarray, fp16: bool) -> Dict:
             timer.clear()
 
     base = "YOLACT (same backbone)"
-    run = {"dtype": "fp16" if fp16 else "fp32", "batch": 1, "yolact_edge": True, "keyframe_interval": interval,
-           "contenders": {}, "stages_ms": {}, "stages_cpu_ms": {}}
+    run = {"dtype": "+".join(predictors), "precisions": list(predictors), "batch": 1, "yolact_edge": True,
+           "keyframe_interval": interval, "contenders": {}, "stages_ms": {}, "stages_cpu_ms": {},
+           "loadavg": [round(v, 2) for v in os.getloadavg()]}
     for name in contenders:
         run["contenders"][name] = {
             "ms": round(timer.median_ms(name), 2), "min_ms": round(timer.min_ms(name), 2),
@@ -156,10 +185,13 @@ def run_edge(args, ours, image: np.ndarray, fp16: bool) -> Dict:
             "samples_ms": [round(1000 * s, 2) for s in timer.samples[name]],
             "detections_first_image": counts[name],
         }
-    key, warped = run["contenders"]["YolactEdge keyframe"], run["contenders"]["YolactEdge non-keyframe"]
-    run["contenders"][f"YolactEdge mean at interval {interval}"] = {
-        k: round((key[k] + (interval - 1) * warped[k]) / interval, 2) for k in ("ms", "min_ms", "cpu_ms")
-    }
+    for p in predictors:
+        key, warped = run["contenders"][f"{names[p]} keyframe"], run["contenders"][f"{names[p]} non-keyframe"]
+        run["contenders"][f"{names[p]} mean at interval {interval}"] = {
+            k: round((key[k] + (interval - 1) * warped[k]) / interval, 2) for k in ("ms", "min_ms", "cpu_ms")
+        }
+        for r in (key, warped):  # noise: the spread of the rounds
+            r["iqr_over_median"] = round(float(np.subtract(*np.percentile(r["samples_ms"], [75, 25]))) / r["ms"], 4)
     for r in run["contenders"].values():
         for k, ratio in (("ms", "over_yolact"), ("min_ms", "over_yolact_min"), ("cpu_ms", "over_yolact_cpu")):
             r[ratio] = round(r[k] / run["contenders"][base][k], 4)
@@ -179,10 +211,11 @@ def print_edge_run(run: Dict) -> None:
     from tabulate import tabulate
 
     rows = [[name, r["ms"], r["min_ms"], r["cpu_ms"], f"{r['over_yolact']:.3f}x", f"{r['over_yolact_cpu']:.3f}x",
-             r.get("detections_first_image", "")] for name, r in run["contenders"].items()]
-    print(f"\n{run['dtype']}, batch 1, YolactEdge keyframe interval {run['keyframe_interval']} (medians):")
+             r.get("iqr_over_median", ""), r.get("detections_first_image", "")] for name, r in run["contenders"].items()]
+    print(f"\n{run['dtype']}, batch 1, YolactEdge keyframe interval {run['keyframe_interval']} (medians; "
+          f"load {run.get('loadavg', ['?'])[0]}):")
     print(tabulate(rows, headers=["model", "median ms/frame", "best ms/frame", "CPU ms/frame", "this / YOLACT",
-                                  "this / YOLACT (CPU)", "dets"], tablefmt="github"))
+                                  "this / YOLACT (CPU)", "IQR / median", "dets"], tablefmt="github"))
     for kind, wall in run["stages_ms"].items():
         rows = [[s, v, run["stages_cpu_ms"][kind][s]] for s, v in wall.items()]
         print(tabulate(rows, headers=[f"YolactEdge {kind} stage", "wall ms", "CPU ms"], tablefmt="github"))
