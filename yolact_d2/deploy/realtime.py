@@ -274,7 +274,7 @@ class RealtimeEngine:
             entry.staging_np[i] = frame
         if entry.staging is not entry.frames:
             entry.frames.copy_(entry.staging, non_blocking=True)
-            entry.upload_done.record()
+            entry.upload_done.record(torch.cuda.current_stream(self.device))
 
     def _capture(self, entry: SizeEntry) -> None:
         """Warm-up on a side stream, then capture (as torch.cuda.graphs' documentation prescribes)."""
@@ -287,7 +287,11 @@ class RealtimeEngine:
                     self._forward(entry.frames)
             current.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            # One pool for every size: a later capture may reuse an earlier graph's intermediate
+            # blocks, which is safe because graphs replay one at a time and every caller copies
+            # the outputs it keeps before the next replay. thread_local: CUDA work of other
+            # threads (a data loader's pinning thread) does not invalidate the capture.
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 entry.outputs = self._forward(entry.frames)
         entry.graph = graph
 
@@ -313,7 +317,8 @@ class RealtimeEngine:
         entry = self.entry(len(frames), height, width)
         # An outer autocast (e.g. a caller's fp16 context) would move the float32 post-processing
         # to fp16 and change the graph: the precision is the network's dtype, nothing else.
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        with on_device, torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             self._upload(entry, frames)
             return self._run(entry)
 
