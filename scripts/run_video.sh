@@ -4,6 +4,7 @@
 # video fine-tuning, the 5-phase video evaluation (AP tables for all frames, keyframes and each warp
 # distance; the same model with every frame recomputed; the flow EPE), and a demo on a val clip.
 # Killed half-way, it resumes: every stage continues from its last checkpoint when run again.
+# VIDEO_ABLATION=1 also fine-tunes without flow pre-training (the comparison in the README).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup_env.sh
@@ -26,6 +27,10 @@ stage "the same model with warping replaced by recomputation (every frame a keyf
 "$PY" tools/train_net.py --config-file $CFG/video_finetune.py --eval-only \
   train.init_checkpoint=$OUT/video_finetune/model_final.pth dataloader.evaluator.keyframe_interval=1 \
   train.output_dir=$OUT/video_finetune/recompute
+if [ "${VIDEO_ABLATION:-0}" = 1 ]; then  # what flow pre-training buys: ~3.5 min more
+  stage "fine-tuning without flow pre-training ($CFG/video_finetune_no_flow_pretrain.py)"
+  "$PY" tools/train_net.py --config-file $CFG/video_finetune_no_flow_pretrain.py --resume
+fi
 stage "demo on a moving-shapes val clip"
 "$PY" -c "from yolact_d2.data.moving_shapes import moving_shapes_default_root, write_clip_video; \
 write_clip_video(moving_shapes_default_root(), 0, '$OUT/val_clip0.mp4', split='val')"

@@ -15,13 +15,12 @@ import os
 
 from detectron2.config import LazyCall as L
 from detectron2.data import get_detection_dataset_dicts
-from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import CosineParamScheduler
 from omegaconf import OmegaConf
 
 from yolact_d2.data.augmentations import YolactResize
 from yolact_d2.data.loaders import build_yolact_train_loader
 from yolact_d2.data.video import VideoPairMapper, register_flying_chairs
+from yolact_d2.engine.schedule import cosine_lr_multiplier
 
 from .yolact_edge_vid_R_50_FPN_550 import model, optimizer, train
 
@@ -37,11 +36,7 @@ dataloader.train = L(build_yolact_train_loader)(
     num_workers=4,
 )
 optimizer.lr = 2e-4
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
-    warmup_length=500 / 400000,
-    warmup_factor=0.0,
-)
+lr_multiplier = L(cosine_lr_multiplier)(max_iter=None, warmup_until=500, warmup_factor=0.0)  # official cosine
 train.max_iter = 400000
 train.init_checkpoint = "./weights/yolact_edge_R_50_FPN_550_coco.pth"
 train.init_may_miss = [r"^flow_net\.", r"^spa\.", r"(^|\.)cls_score\.", r"(^|\.)semantic_seg_conv\."]

@@ -17,13 +17,12 @@ import os
 
 from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
-from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import CosineParamScheduler
 from omegaconf import OmegaConf
 
 from yolact_d2.data import YolactDatasetMapper, build_ssd_augmentation
 from yolact_d2.data.loaders import build_yolact_train_loader
 from yolact_d2.data.video import VideoPairMapper, register_ytvis_instances
+from yolact_d2.engine.schedule import cosine_lr_multiplier
 from yolact_d2.evaluation import VideoEvaluator
 
 from .yolact_edge_vid_R_50_FPN_550 import model, optimizer, train
@@ -57,11 +56,7 @@ dataloader.test = L(build_detection_test_loader)(
 )
 dataloader.evaluator = L(VideoEvaluator)(dataset_name="${..test.dataset.names}", keyframe_interval=5)
 optimizer.lr = 2e-4
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
-    warmup_length=500 / 200000,
-    warmup_factor=0.0,
-)
+lr_multiplier = L(cosine_lr_multiplier)(max_iter=None, warmup_until=500, warmup_factor=0.0)  # official cosine
 train.max_iter = 200000
 train.init_checkpoint = "./output/flow_flying_chairs_R_50_FPN/model_final.pth"
 train.init_may_miss = []

@@ -3,11 +3,11 @@ steps given as iterations or as fractions of max_iter, and the linear learning-r
 import logging
 from typing import List, Sequence
 
-from fvcore.common.param_scheduler import MultiStepParamScheduler
+from fvcore.common.param_scheduler import CosineParamScheduler, MultiStepParamScheduler
 
 from detectron2.solver import WarmupParamScheduler
 
-__all__ = ["yolact_lr_multiplier", "resolve_steps", "linear_scaled_lr", "use_config_lrs"]
+__all__ = ["yolact_lr_multiplier", "cosine_lr_multiplier", "resolve_steps", "linear_scaled_lr", "use_config_lrs"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,18 @@ def yolact_lr_multiplier(
         warmup_factor=warmup_init / base_lr,
         warmup_length=min(warmup_until / max_iter, 1.0),
         warmup_method="linear",
+    )
+
+
+def cosine_lr_multiplier(max_iter: int, warmup_until: int = 500, warmup_factor: float = 0.0):
+    """Official YolactEdge video / flow schedule (`lr_schedule="cosine"`): lr x (cos(pi it / max_iter)
+    + 1) / 2, after a linear warm-up from `warmup_factor` x lr over `warmup_until` iterations (official
+    `lr_warmup_init=0`). `max_iter` None in a config: tools/train_net.py fills in train.max_iter."""
+    scheduler = CosineParamScheduler(start_value=1.0, end_value=0.0)
+    if warmup_until <= 0:
+        return scheduler
+    return WarmupParamScheduler(
+        scheduler, warmup_factor=warmup_factor, warmup_length=min(warmup_until / max_iter, 1.0), warmup_method="linear"
     )
 
 

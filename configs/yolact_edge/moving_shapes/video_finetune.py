@@ -12,31 +12,20 @@ warped from the reference: YOLACT losses (`loss_box`, `loss_cls`, `loss_mask`, `
 AP tables for all frames, keyframes and each warp distance 1-4.
 """
 from detectron2.config import LazyCall as L
-from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import CosineParamScheduler
+
+from yolact_d2.engine.schedule import cosine_lr_multiplier
 
 from ...common.data.moving_shapes import dataloader
 from ...common.optim import SGD as optimizer
-from ...common.train import train
+from .flow_pretrain import train  # the same CPU settings (threads, checkpoints, logging, DDP)
 from .small_yolact_edge import model
 
 model.training_stage = "video"
 
-# Official: SGD lr 2e-4 (batch 8), cosine to 0 over 200k iterations, no warm-up. A few hundred here.
+# Official: SGD lr 2e-4 (batch 8), linear warm-up from 0 over 500 iterations, cosine to 0 over 200k. A few hundred here.
 optimizer.lr = 1e-3
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
-    warmup_length=0.05,
-    warmup_factor=0.1,
-)
+lr_multiplier = L(cosine_lr_multiplier)(max_iter=None, warmup_until=15, warmup_factor=0.1)
 train.max_iter = 300
 train.init_checkpoint = "./output/yolact_edge_moving_shapes/flow_pretrain/model_final.pth"
 train.init_may_miss = []  # the flow stage's model has every part
-train.device = "cpu"
-train.num_threads = 1  # + 1 data-loading worker
-# The finest flow prediction and the video losses' unused branches get no gradient.
-train.ddp.find_unused_parameters = True
 train.output_dir = "./output/yolact_edge_moving_shapes/video_finetune"
-train.checkpointer = dict(period=100, max_to_keep=2)
-train.eval_period = 0  # once, at the end
-train.log_period = 20
