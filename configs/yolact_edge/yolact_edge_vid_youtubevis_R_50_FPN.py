@@ -16,16 +16,13 @@ Not wired: the official joint COCO batches (`dataset.joint="coco"`); the model a
 import os
 
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
-from omegaconf import OmegaConf
 
-from yolact_d2.data import YolactDatasetMapper, build_ssd_augmentation
-from yolact_d2.data.loaders import build_yolact_train_loader
+from yolact_d2.data import build_ssd_augmentation
 from yolact_d2.data.video import VideoPairMapper, register_ytvis_instances
 from yolact_d2.engine.schedule import cosine_lr_multiplier
 from yolact_d2.evaluation import VideoEvaluator
 
-from .yolact_edge_vid_R_50_FPN_550 import model, optimizer, train
+from .yolact_edge_vid_R_50_FPN_550 import dataloader, model, optimizer, train
 
 _ROOT = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "ytvis_2019")
 _FRAMES = os.path.join(_ROOT, "train_all_frames", "JPEGImages")
@@ -35,25 +32,17 @@ register_ytvis_instances("ytvis_2019_valid_v4", os.path.join(_ROOT, "annotations
                          all_frames_root=_FRAMES)
 
 model.training_stage = "video"
-dataloader = OmegaConf.create()
-dataloader.train = L(build_yolact_train_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="ytvis_2019_train_v4", filter_empty=True),
-    mapper=L(VideoPairMapper)(
-        is_train=True,
-        augmentations=L(build_ssd_augmentation)(size=550, expand=False),  # official augment_expand=False
-        image_format="BGR",
-        mask_format="bitmask",
-        num_classes=40,
-        reference_gap=(2, 5),
-    ),
-    total_batch_size=8,
-    num_workers=4,
+# The COCO loaders of the base config (Detectron2's test loader, our train loader) on YouTube-VIS.
+dataloader.train.dataset.names = "ytvis_2019_train_v4"
+dataloader.train.mapper = L(VideoPairMapper)(
+    is_train=True,
+    augmentations=L(build_ssd_augmentation)(size=550, expand=False),  # official augment_expand=False
+    image_format="BGR",
+    mask_format="bitmask",
+    num_classes=40,
+    reference_gap=(2, 5),
 )
-dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="ytvis_2019_valid_v4", filter_empty=False),
-    mapper=L(YolactDatasetMapper)(is_train=False, augmentations=[], image_format="BGR"),
-    num_workers=4,
-)
+dataloader.test.dataset.names = "ytvis_2019_valid_v4"
 dataloader.evaluator = L(VideoEvaluator)(dataset_name="${..test.dataset.names}", keyframe_interval=5)
 optimizer.lr = 2e-4
 lr_multiplier = L(cosine_lr_multiplier)(max_iter=None, warmup_until=500, warmup_factor=0.0)  # official cosine
