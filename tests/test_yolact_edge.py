@@ -110,7 +110,7 @@ def identity_transfer(model):
             pred.scale.bias.fill_(1.0)
             pred.bias.weight.zero_()
             pred.bias.bias.zero_()
-        for refine in model.spa.refine_convs:
+        for refine in model.spa.refine_convs if model.spa is not None else ():  # small CPU video model: no SPA
             refine[0].weight.zero_()
             refine[0].bias.zero_()
     return model
