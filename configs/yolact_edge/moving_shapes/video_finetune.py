@@ -29,3 +29,7 @@ train.max_iter = 300
 train.init_checkpoint = "./output/yolact_edge_moving_shapes/flow_pretrain/model_final.pth"
 train.init_may_miss = []  # the flow stage's model has every part
 train.output_dir = "./output/yolact_edge_moving_shapes/video_finetune"
+# Fine-tuning a trained image model: its mask loss starts low and stays flat, which the health
+# check's "mask loss stuck" warning (meant for training from scratch) would flag; dead prototypes
+# are still checked.
+train.health = dict(period=20, dead_fraction=0.9, stuck_after=1.0)
