@@ -129,6 +129,9 @@ def test_official_contender(bm, tmp_path):
     assert off["ms"] > 0 and off["this_over_official"] == 1.0
     assert off["detections_first_image"] == c["yolact_d2"]["detections_first_image"] == len(ours)
     assert c["yolact_d2"]["this_over_official"] == pytest.approx(c["yolact_d2"]["ms"] / off["ms"], rel=1e-3)
+    # one round: the same-round quotient is the quotient of the two samples
+    assert c["yolact_d2"]["this_over_official_paired"] == pytest.approx(
+        c["yolact_d2"]["samples_ms"][0] / off["samples_ms"][0], rel=1e-3)
 
 
 VID_R18 = os.path.join(fx.REPO, "configs", "yolact_edge", "yolact_edge_vid_R_18_FPN_550.py")
