@@ -58,25 +58,32 @@ def _mask_iou(a, b):
     return 1.0 if union == 0 else inter / union
 
 
+def _top_twins(want, got, score_tol):
+    """Mask IoUs of fp32's top detections with their int8 twin (same class, box IoU >= 0.8; None:
+    no twin); each twin's score within score_tol."""
+    assert got.image_size == want.image_size and len(want) >= TOP
+    ious = pairwise_iou(want.pred_boxes[:TOP], got.pred_boxes)
+    result = []
+    for i in range(TOP):
+        candidates = torch.where(got.pred_classes == want.pred_classes[i], ious[i], torch.zeros_like(ious[i]))
+        j = int(candidates.argmax())
+        if candidates[j] < 0.8:
+            result.append(None)
+            continue
+        assert abs(float(got.scores[j] - want.scores[i])) <= score_tol
+        result.append(_mask_iou(got.pred_masks[j], want.pred_masks[i]))
+    return result
+
+
 def test_int8_matches_fp32(tiny_weights, int8_predictor):
     fp32 = Predictor(TINY, tiny_weights, device="cpu")
-    found = total = 0
-    mask_ious = []
+    twins = []
     for image in _shapes_images():
         want, got = fp32(image), int8_predictor(image)
-        assert got.image_size == want.image_size and got.pred_masks.shape[1:] == image.shape[:2]
-        assert len(want) >= TOP
-        ious = pairwise_iou(want.pred_boxes[:TOP], got.pred_boxes)
-        for i in range(TOP):
-            total += 1
-            same_class = got.pred_classes == want.pred_classes[i]
-            candidates = torch.where(same_class, ious[i], torch.zeros_like(ious[i]))
-            j = int(candidates.argmax())
-            if candidates[j] < 0.8:
-                continue
-            found += 1
-            assert abs(float(got.scores[j] - want.scores[i])) <= SCORE_TOL
-            mask_ious.append(_mask_iou(got.pred_masks[j], want.pred_masks[i]))
+        assert got.pred_masks.shape[1:] == image.shape[:2]
+        twins += _top_twins(want, got, SCORE_TOL)
+    mask_ious = [t for t in twins if t is not None]
+    found, total = len(mask_ious), len(twins)
     assert found >= MIN_TWIN_FRACTION * total, f"only {found}/{total} fp32 top detections found at int8"
     assert np.mean(mask_ious) >= MEAN_MASK_IOU, mask_ious
     assert np.mean(np.array(mask_ious) >= GOOD_MASK_IOU) >= MIN_GOOD_FRACTION, mask_ious
@@ -211,25 +218,16 @@ def video_setup(tmp_path_factory):
 def test_video_int8_matches_fp32(video_setup):
     tv, weights, _, int8 = video_setup
     fp32 = VideoPredictor(tv.VID_R18, weights, device="cpu", opts=tv.OPTS)
-    found = total = 0
-    mask_ious = []
+    twins = []
     for seed in (0, 1):
         fp32.reset()
         int8.reset()
         for frame in tv.moving_frames(5, seed=seed):
             want, got = fp32(frame), int8(frame)
             assert int8.last_was_keyframe == fp32.last_was_keyframe  # the same schedule drives both graphs
-            assert got.image_size == want.image_size and len(want) >= TOP
-            ious = pairwise_iou(want.pred_boxes[:TOP], got.pred_boxes)
-            for i in range(TOP):
-                total += 1
-                candidates = torch.where(got.pred_classes == want.pred_classes[i], ious[i], torch.zeros_like(ious[i]))
-                j = int(candidates.argmax())
-                if candidates[j] < 0.8:
-                    continue
-                found += 1
-                assert abs(float(got.scores[j] - want.scores[i])) <= VIDEO_SCORE_TOL
-                mask_ious.append(_mask_iou(got.pred_masks[j], want.pred_masks[i]))
+            twins += _top_twins(want, got, VIDEO_SCORE_TOL)
+    mask_ious = [t for t in twins if t is not None]
+    found, total = len(mask_ious), len(twins)
     assert int8.num_keyframes == 1 and fp32.num_keyframes == 1
     assert found >= MIN_TWIN_FRACTION * total, f"only {found}/{total} fp32 top detections found at int8"
     assert np.mean(mask_ious) >= VIDEO_MEAN_MASK_IOU, mask_ious

@@ -16,6 +16,11 @@ Non-keyframe graph: "images" + those three state tensors -> the same detections 
 frame's reduced lateral) and flow (the 1/2-scale flow, warps P4): what the adaptive keyframe rule
 measures (`keyframe_schedule.warp_measures`), returned instead of recomputed.
 
+The int8 runtime (VideoPredictor(precision="int8")) uses the same two graphs cut at the network
+(`export_video_network_onnx`: normalised (1, 3, S, S) -> loc, conf, coef, proto + the state /
+flow outputs) with the model's own preprocess_image and inference_from_predictions around them
+(`OnnxVideoNetwork`), as deploy.network_graph does for images.
+
 Both graphs run YolactEdge's own stage methods (keyframe_features; partial_c3, flow net,
 transfer_features, forward_phase2) and one post-processing (`YolactExportWrapper.detections`), so
 they are the PyTorch model's inference_video up to float rounding. Batch 1 (a video stream); height
