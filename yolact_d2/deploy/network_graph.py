@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["NETWORK_OUTPUTS", "NetworkGraph", "export_network_onnx", "network_feed", "OnnxNetworkYolact"]
+__all__ = ["NETWORK_OUTPUTS", "NetworkGraph", "export_network_onnx", "network_feed", "network_input_size", "OnnxNetworkYolact"]
 
 NETWORK_OUTPUTS = ("loc", "conf", "coef", "proto")
 
@@ -43,7 +43,8 @@ class NetworkGraph(nn.Module):
         return preds["loc"], preds["conf"], preds["coef"], proto
 
 
-def _network_input_size(model: nn.Module):
+def network_input_size(model: nn.Module):
+    """The fixed (H, W) the network sees: the squash size or the shortest_edge canvas."""
     if model.resize_mode == "squash":
         return (model.input_size, model.input_size)
     return tuple(model._canvas_size())  # shortest_edge: every image is padded onto this canvas
@@ -56,7 +57,7 @@ def export_network_onnx(model: nn.Module, path: str, opset: int = 18) -> str:
 
     if getattr(model, "mask_rescoring", None) is not None and opset < 19:
         opset = 19  # YOLACT++ deformable convs: ONNX DeformConv
-    size = _network_input_size(model)
+    size = network_input_size(model)
     sample = torch.zeros(1, 3, *size, device=model.device)
     with torch.no_grad():
         torch.onnx.export(
@@ -115,7 +116,7 @@ class OnnxNetworkYolact:
         self.model = model
         self.input_format = getattr(model, "input_format", "BGR")
         self.training = False
-        size = _network_input_size(model)
+        size = network_input_size(model)
         with torch.no_grad():  # priors depend only on the fixed network input size: once
             probe = torch.zeros(1, 3, *size, device=model.device)
             feats = model.backbone(probe)

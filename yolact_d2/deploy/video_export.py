@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from yolact_d2.deploy.onnx import export_settings, export_wrapper, image_dims, outputs_to_instances, _sample_images
-from yolact_d2.deploy.network_graph import NETWORK_OUTPUTS, NetworkGraph, OnnxNetworkYolact, _network_input_size
+from yolact_d2.deploy.network_graph import NETWORK_OUTPUTS, NetworkGraph, OnnxNetworkYolact, network_input_size
 from yolact_d2.deploy.wrapper import YolactExportWrapper, output_names
 from yolact_d2.modeling.feature_transfer import KeyframeState
 
@@ -238,7 +238,7 @@ def export_video_network_onnx(model: nn.Module, keyframe_path: str, warped_path:
     _check_video_model(model, "export_video_network_onnx")
     model = model.eval()
     key, warped = KeyframeNetworkGraph(model).eval(), WarpedNetworkGraph(model).eval()
-    sample = torch.zeros(1, 3, *_network_input_size(model), device=model.device)
+    sample = torch.zeros(1, 3, *network_input_size(model), device=model.device)
     export_wrapper(key, {"images": sample}, keyframe_path, NETWORK_OUTPUTS + STATE_NAMES, {"images": None}, opset)
     with torch.no_grad():
         state = key(sample)[len(NETWORK_OUTPUTS):]
