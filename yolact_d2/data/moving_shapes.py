@@ -14,7 +14,7 @@ Layout written under ``root``::
 
 Each clip has a static background (a flat dark colour, smooth blotches and fixed per-pixel noise,
 so a zero flow is visible as such) and 2-4 shapes of the shapes set's classes, each with its own
-smooth similarity motion (translation, rotation, scale) and a faint stripe texture that moves with
+similarity motion (translation, rotation, scale; one that stays in the frame bounces off its borders) and a faint stripe texture that moves with
 it (so rotation and motion inside a flat shape are visible). Shapes are painted in a fixed z-order
 per clip, so later ones occlude earlier ones; some shapes leave the frame during the clip, some
 enter it. Per-frame masks are of the VISIBLE part; an object absent, fully hidden or outside on a
@@ -68,7 +68,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bumped whenever the generator's output for the same parameters changes.
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2  # 2: objects that stay bounce off the borders
 _SPLITS = ("train", "val")
 _FRAMES_DIR, _MOTION_DIR = "JPEGImages", "motion"  # JPEGImages: YouTube-VIS's folder name
 
@@ -125,6 +125,13 @@ def _sample_leaving_track(rng, size, num_frames, extent, scales, max_speed):
     return None
 
 
+def _fold_into(x, lo, hi):
+    """x reflected back into [lo, hi] at both ends, as often as needed (a triangle wave)."""
+    period = 2 * (hi - lo)
+    r = np.mod(x - lo, period)
+    return lo + np.where(r > hi - lo, period - r, r)
+
+
 def _sample_object(rng, p):
     """One object's kind, look and per-frame similarity parameters (a motion-record entry without
     ids)."""
@@ -150,10 +157,13 @@ def _sample_object(rng, p):
         if centres is not None and role == "enter":
             centres = centres[::-1]
     if centres is None:  # stays around: drifts with a slight curve, may touch the border
-        c0 = rng.uniform(radius * 0.6, size - radius * 0.6, size=2)
+        lo, hi = radius * 0.6, size - radius * 0.6
+        c0 = rng.uniform(lo, hi, size=2)
         v = _rotation(rng.uniform(0, 2 * np.pi)) @ np.array([rng.uniform(0, 0.6) * p["max_speed"], 0.0])
         a = rng.uniform(-1, 1, size=2) * p["max_speed"] / max(n, 1) / 2
-        centres = c0 + t[:, None] * v + 0.5 * t[:, None] ** 2 * a
+        # Bounces off the box [lo, hi] (a fold keeps each frame's step): at high speeds an object
+        # that only drifted would leave the frame too, and the frames would be mostly cut shapes.
+        centres = _fold_into(c0 + t[:, None] * v + 0.5 * t[:, None] ** 2 * a, lo, hi)
     return dict(
         kind=kinds[kind_idx], category_id=kind_idx + 1, polygon=unit.tolist(),
         colour=[int(c) for c in random_colour(rng)],
