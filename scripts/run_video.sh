@@ -27,7 +27,7 @@ stage "the same model with warping replaced by recomputation (every frame a keyf
 "$PY" tools/train_net.py --config-file $CFG/video_finetune.py --eval-only \
   train.init_checkpoint=$OUT/video_finetune/model_final.pth dataloader.evaluator.keyframe_interval=1 \
   train.output_dir=$OUT/video_finetune/recompute
-if [ "${VIDEO_ABLATION:-0}" = 1 ]; then  # what flow pre-training buys: ~3.5 min more
+if [ "${VIDEO_ABLATION:-0}" = 1 ]; then  # what flow pre-training buys: ~2 min more
   stage "fine-tuning without flow pre-training ($CFG/video_finetune_no_flow_pretrain.py)"
   "$PY" tools/train_net.py --config-file $CFG/video_finetune_no_flow_pretrain.py --resume
 fi

@@ -17,7 +17,7 @@ model.flow_net = L(FlowNetMini)(
     in_channels=FPN_CHANNELS, reduce_channels=16, encode_channels=16, feature_channels=FPN_CHANNELS
 )
 # No SPA (as official yolact_edge_vid_minimal). Measured on the moving-shapes val clips after the
-# CPU schedule, cosine of the warped P4 to the recomputed one: 0.867 with SPA, 0.910 without, 0.910
+# CPU schedule (the first set, <= 3 px a frame), cosine of the warped P4 to the recomputed one: 0.867 with SPA, 0.910 without, 0.910
 # for the unwarped keyframe P4 -- a few hundred iterations do not teach SPA's refine convs to help.
 # With SPA: model.spa = L(yolact_d2.modeling.SPA)(channels=FPN_CHANNELS, num_levels=2, normalized=False).
 model.spa = None
