@@ -67,6 +67,35 @@ def test_epe_leaves_out_nan_pixels():
     assert torch.isfinite(pred.grad).all() and pred.grad[0, :, 1:3, 2:5].abs().sum() == 0
 
 
+def test_squared_penalty_by_hand_and_its_mean_optimum():
+    # 4 gt pixels on the prediction's grid: 3 static, 1 moving by (4, 0). A constant prediction c:
+    # the EPE's best c is the (geometric) median, 0; the squared error's the mean, (1, 0).
+    gt = torch.zeros(1, 2, 2, 2)
+    gt[0, 0, 1, 1] = 4.0
+    const = lambda u: torch.tensor([u, 0.0]).view(1, 2, 1, 1).expand(1, 2, 2, 2)  # noqa: E731
+    # by hand: EPE at c=0: (0+0+0+4)/4 = 1; at c=(1,0): (1+1+1+3)/4 = 1.5
+    assert flow_epe_loss([const(0.0)], gt).item() == pytest.approx(1.0)
+    assert flow_epe_loss([const(1.0)], gt).item() == pytest.approx(1.5)
+    # squared: at c=0: 16/4 = 4; at c=(1,0): (1+1+1+9)/4 = 3; summed over two scales of a constant gt
+    assert flow_epe_loss([const(0.0)], gt, penalty="squared").item() == pytest.approx(4.0)
+    assert flow_epe_loss([const(1.0)], gt, penalty="squared").item() == pytest.approx(3.0)
+    flat = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1).expand(1, 2, 8, 8)
+    assert flow_epe_loss([torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 4, 4)], flat, "squared").item() == pytest.approx(50.0)
+    # gradients: every EPE pixel pulls with length 1 (3 static outvote 1 moving), squared pulls by the error
+    c = torch.tensor([0.5, 0.0]).view(1, 2, 1, 1).requires_grad_()
+    flow_epe_loss([c.expand(1, 2, 2, 2)], gt).backward()
+    assert c.grad[0, 0].item() == pytest.approx((3 * 1 - 1) / 4)  # > 0: towards 0
+    c.grad = None
+    flow_epe_loss([c.expand(1, 2, 2, 2)], gt, penalty="squared").backward()
+    assert c.grad[0, 0].item() == pytest.approx(2 * (0.5 - 1.0))  # 2 (c - mean) < 0: towards the mean
+    with pytest.raises(ValueError, match="penalty must be one of"):
+        flow_epe_loss([const(0.0)], gt, penalty="l1")
+    with pytest.raises(ValueError, match="flow_loss_penalty must be one of"):
+        cfg = LazyConfig.load(SMALL_EDGE)
+        cfg.model.flow_loss_penalty = "l1"
+        instantiate(cfg.model)
+
+
 # ---------------------------------------------------------------------------- feature matching
 def identity_conv(channels):
     conv = nn.Conv2d(channels, channels, 3, padding=1)

@@ -114,7 +114,10 @@ def official_flow_to_pixels(flow: torch.Tensor, size: Tuple[int, int]) -> torch.
     return flow * flow.new_tensor([w / 16.0, h / 16.0]).view(1, 2, 1, 1)
 
 
-def flow_epe_loss(predictions: List[torch.Tensor], gt: torch.Tensor) -> torch.Tensor:
+FLOW_LOSS_PENALTIES = ("epe", "squared")
+
+
+def flow_epe_loss(predictions: List[torch.Tensor], gt: torch.Tensor, penalty: str = "epe") -> torch.Tensor:
     """Official OpticalFlowLoss: the sum over scales of the mean end-point error (L2 norm of
     pred - gt over the 2 channels), the gt bilinearly resized to each prediction's grid.
 
@@ -122,7 +125,15 @@ def flow_epe_loss(predictions: List[torch.Tensor], gt: torch.Tensor) -> torch.Te
     Beyond official: NaN pixels of the gt (no known flow, e.g. cut by an augmentation) are left
     out. The gt is resized as a weighted average of its valid pixels, and a pixel of a scale counts
     only where all its bilinear neighbours were valid; without NaNs this is exactly official.
+
+    penalty: "epe" (official) or "squared" (beyond official: the squared end-point error). Every
+    pixel's EPE gradient has length 1 whatever its error, so on data whose pixels are mostly static
+    (the moving-shapes sets: 86%) the static ones outvote the moving ones and the net settles at the
+    zero flow; the squared error weighs each pixel by its error (measured on MOVING_SHAPES_FAST:
+    configs/yolact_edge/moving_shapes/flow_pretrain_fast.py).
     """
+    if penalty not in FLOW_LOSS_PENALTIES:
+        raise ValueError(f"flow_epe_loss: penalty must be one of {FLOW_LOSS_PENALTIES}, got {penalty!r}.")
     valid = torch.isfinite(gt).all(dim=1, keepdim=True).to(gt.dtype)  # (N, 1, H, W)
     filled = torch.where(valid.bool(), gt, torch.zeros_like(gt))
     total = gt.new_zeros(())
@@ -131,7 +142,8 @@ def flow_epe_loss(predictions: List[torch.Tensor], gt: torch.Tensor) -> torch.Te
         weight = F.interpolate(valid, size=size, mode="bilinear", align_corners=False)
         gt_down = F.interpolate(filled, size=size, mode="bilinear", align_corners=False) / weight.clamp(min=1e-6)
         keep = (weight > 1 - 1e-4).squeeze(1)  # (N, h, w)
-        epe = torch.norm(pred - gt_down, dim=1)  # (N, h, w)
+        diff = pred - gt_down
+        epe = torch.norm(diff, dim=1) if penalty == "epe" else diff.square().sum(dim=1)  # (N, h, w)
         # A scale with no valid pixel adds 0 (and keeps the graph for DDP).
         total = total + (epe[keep].mean() if bool(keep.any()) else pred.sum() * 0.0)
     return total

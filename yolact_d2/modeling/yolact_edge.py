@@ -23,7 +23,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList, Instances
 
 from yolact_d2.modeling.feature_transfer import KeyframeState, partial_backbone_forward, warp_features
-from yolact_d2.modeling.flow import flow_epe_loss, official_flow_to_pixels, pixel_flow_to_official
+from yolact_d2.modeling.flow import FLOW_LOSS_PENALTIES, flow_epe_loss, official_flow_to_pixels, pixel_flow_to_official
 from yolact_d2.modeling.fpn import YolactFPN
 from yolact_d2.modeling.meta_arch import Yolact
 from yolact_d2.modeling.video_losses import LOCATIONS, feature_matching_loss
@@ -45,6 +45,8 @@ class YolactEdge(Yolact):
             losses of the annotated frame's full pass, logged with a `_full` suffix (`loss_box_full`, ...).
         video_flow_loss_weight: beyond official (0: off): in the video stage, add the EPE of the warp's
             two flows against the data's ground-truth flow as `loss_flow` (items without "flow" skip it).
+        flow_loss_penalty: "epe" (official) or "squared" (beyond official, see `flow_epe_loss`): the
+            per-pixel error of the flow stage's and the video stage's `loss_flow`.
     The backbone must be a YolactFPN with three inputs (C3-C5) whose bottom-up network can run up
     to C3 alone (see `partial_backbone_forward`).
     """
@@ -59,6 +61,7 @@ class YolactEdge(Yolact):
         feature_match_weight: float = 1.0,
         base_backward: bool = True,
         video_flow_loss_weight: float = 0.0,
+        flow_loss_penalty: str = "epe",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -85,6 +88,9 @@ class YolactEdge(Yolact):
         self.feature_match_weight = float(feature_match_weight)
         self.base_backward = bool(base_backward)
         self.video_flow_loss_weight = float(video_flow_loss_weight)
+        if flow_loss_penalty not in FLOW_LOSS_PENALTIES:
+            raise ValueError(f"YolactEdge: flow_loss_penalty must be one of {FLOW_LOSS_PENALTIES}, got {flow_loss_penalty!r}.")
+        self.flow_loss_penalty = flow_loss_penalty
         for module in self.frozen_modules():
             module.requires_grad_(False)
             module.eval()
@@ -235,7 +241,8 @@ class YolactEdge(Yolact):
     def _flow_stage_losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         images, references = self._frame_pair(batched_inputs, resize=False)
         gt = self._gt_flow(batched_inputs, tuple(images.tensor.shape[-2:]))
-        return {"loss_flow": flow_epe_loss(self._flow_predictions(images.tensor, references), gt)}
+        preds = self._flow_predictions(images.tensor, references)
+        return {"loss_flow": flow_epe_loss(preds, gt, self.flow_loss_penalty)}
 
     @torch.no_grad()
     def estimate_flow(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
@@ -288,7 +295,7 @@ class YolactEdge(Yolact):
             if with_flow:
                 gt = self._gt_flow([video[i] for i in with_flow], tuple(x.shape[-2:]))
                 preds = [flow[with_flow] for flow, _, _ in flows]
-                losses["loss_flow"] = self.video_flow_loss_weight * flow_epe_loss(preds, gt)
+                losses["loss_flow"] = self.video_flow_loss_weight * flow_epe_loss(preds, gt, self.flow_loss_penalty)
         return losses
 
     # ------------------------------------------------------------------ inference
