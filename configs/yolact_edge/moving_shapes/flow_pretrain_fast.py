@@ -18,6 +18,11 @@ Adam 1e-3 x 1500 (this config): 1.864 / 7.717 (seed 1: 1.923 / 7.866); squared, 
 (NaN). Not better: the gt area-averaged instead of bilinear (2.121 / 13.985 at 300 iterations), a
 4x finest-scale weight (2.072 / 13.997). Moving pixels weighted 11x (not in the code) also learns
 (SGD 1e-2 x 1500: 1.930 / 6.976) but needs a 'moving' threshold.
+Fine-tuning from it (video_finetune.py on this set, 300 iterations, one seed) does not yet raise
+mask AP: segm AP all frames 46.5 (47.5 from a fresh flow net), warp1-4 47.1 / 47.0 / 44.2 / 40.9
+(49.3 / 46.9 / 44.8 / 42.8); bbox AP 51.8 (51.2). The warped P4 is closer to the recomputed one
+(cosine 0.783 vs 0.711 from a fresh flow net; the unwarped keyframe P4: 0.778), P5 not (0.784,
+unwarped 0.829).
 """
 import os
 
