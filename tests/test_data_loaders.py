@@ -66,13 +66,7 @@ def test_config_train_loader_skips_rejected_images_on_stock_detectron2(dataset, 
     cfg.dataloader.train.mapper.max_retries = 0
     cfg.dataloader.train.total_batch_size = 4
     cfg.dataloader.train.num_workers = 0
-    it = iter(instantiate(cfg.dataloader.train))
-    for _ in range(2):
-        batch = next(it)
-        assert len(batch) == 4
-        for x in batch:
-            assert x["image_id"] == good["image_id"] and x["image"].shape == (3, 64, 64)
-            assert len(x["instances"]) > 0
+    _assert_two_full_batches_of(iter(instantiate(cfg.dataloader.train)), good)
 
 
 def test_yacs_train_loader_skips_rejected_images_on_stock_detectron2(dataset, monkeypatch):
@@ -91,7 +85,11 @@ def test_yacs_train_loader_skips_rejected_images_on_stock_detectron2(dataset, mo
     cfg.MODEL.YOLACT.NUM_CLASSES = 4
     cfg.SOLVER.IMS_PER_BATCH = 4
     cfg.DATALOADER.NUM_WORKERS = 0
-    it = iter(build_yacs_train_loader(cfg))
+    _assert_two_full_batches_of(iter(build_yacs_train_loader(cfg)), good)
+
+
+def _assert_two_full_batches_of(it, good):
+    """Two batches of 4 from the loader, each item the one good image (64x64) with its instances."""
     for _ in range(2):
         batch = next(it)
         assert len(batch) == 4
