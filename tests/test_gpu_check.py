@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from importlib import metadata
 
 import pytest
@@ -13,13 +14,14 @@ from yolact_d2.tools import gpu_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "configs/shapes/yolact_shapes_tiny.py"
+BENCH = f"benchmark:{os.path.basename(TINY)}"
 STEPS = ("install", "build_extension", "op_tests", "ops_compare", "inference", "train_amp", "train_amp_bf16",
-         "ddp_nccl", "benchmark_ops", f"benchmark:{os.path.basename(TINY)}")
+         "ddp_nccl", f"{BENCH} fp32 batch 1", f"{BENCH} fp32 batch 8", f"{BENCH} fp16+bf16 batch 1,8", "benchmark_ops")
 
 
 def _run(out_dir, *extra):
     cmd = [sys.executable, "tools/gpu_check.py", "--dry-run", "--output", str(out_dir),
-           "--inference-configs", TINY, "--benchmark-configs", TINY, *extra]
+           "--inference-configs", TINY, "--benchmark-configs", TINY, "--more-benchmark-configs", *extra]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     with open(os.path.join(out_dir, "gpu_check.json")) as f:
         return proc, json.load(f)
@@ -30,7 +32,7 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     proc, doc = _run(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = doc["steps"]
-    assert doc["dry_run"] is True and list(steps) == list(STEPS)
+    assert doc["dry_run"] is True and list(steps) == list(STEPS) and doc["not_run_yet"] == []
     assert os.path.getsize(tmp_path / "gpu_check.log") > 0
 
     # the CUDA-only parts: skipped, with the reason
@@ -46,7 +48,8 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     assert any("test_realtime.py::" in ln for ln in collected.stdout.splitlines())
     n_cuda = len([ln for ln in collected.stdout.splitlines() if "::" in ln])
     assert n_cuda > 0 and op["pytest"] == {"passed": 0, "failed": 0, "skipped": n_cuda, "error": 0}
-    for name in ("ops_compare", "inference", "train_amp", "benchmark_ops", STEPS[-1]):
+    assert steps[STEPS[-2]]["status"] == "skipped" and "GPU only" in steps[STEPS[-2]]["reason"]
+    for name in ("ops_compare", "inference", "train_amp", "benchmark_ops", *STEPS[-4:-2]):
         assert steps[name]["status"] == "passed", (name, steps[name])
         assert steps[name]["cuda"]["status"] == "skipped" and "dry run" in steps[name]["cuda"]["reason"], name
 
@@ -83,13 +86,16 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     ops = steps["benchmark_ops"]["results"]
     assert {r["path"].split(" (")[0] for r in ops} == {"ours", "pure pytorch", "torchvision batched_nms"}
     assert all(r["median_ms"] > 0 for r in ops)
-    run = steps[STEPS[-1]]["results"]["runs"][0]
-    assert run["batch"] == 1 and run["dtype"] == "fp32"
+    one, eight = steps[STEPS[-4]], steps[STEPS[-3]]
+    (run,) = one["results"]["runs"]
+    assert run["batch"] == 1 and run["dtype"] == "fp32" and one["batch_sizes"] == [1] and one["config"] == TINY
     assert json.dumps(run["contenders"]["yolact_d2"]).count("ms") > 0
+    assert [(r["batch"], r["dtype"]) for r in eight["results"]["runs"]] == [(8, "fp32")] and eight["fps"] == {}
     # eager vs the fast path, end to end: the fps summary is the runs' own images/s at batch 1
-    fps = steps[STEPS[-1]]["fps"]
-    assert {"yolact_d2", "yolact_d2 fast path"} <= set(fps) and all(v > 0 for v in fps.values())
+    fps = one["fps"]
+    assert set(fps) == {"yolact_d2", "yolact_d2 fast path"} and all(v > 0 for v in fps.values())
     assert fps["yolact_d2 fast path"] == run["contenders"]["yolact_d2 fast path"]["images_per_s"]
+    assert doc["fps_batch1"] == {TINY: fps}
     assert run["contenders"]["yolact_d2 fast path"]["detections_first_image"] == run["contenders"]["yolact_d2"][
         "detections_first_image"]
 
@@ -101,8 +107,58 @@ def test_spent_budget_skips_every_step_with_the_reason(tmp_path):
     assert list(steps) == list(STEPS)
     for name, step in steps.items():
         assert step["status"] == "skipped", (name, step)
-        if name not in ("install", "ddp_nccl", "train_amp_bf16"):
+        if name not in ("install", "ddp_nccl", "train_amp_bf16", STEPS[-2]):  # those say why before the budget
             assert "time budget" in step["reason"], (name, step)
+
+
+def test_benchmark_plan_required_figures_first():
+    # oracle: the issue's order, written out by hand for the default configs
+    plan = [(name, precisions, batches) for name, _, _, precisions, batches in
+            gpu_check.benchmark_plan(gpu_check.parse_args([]))]
+    r50, r101 = "benchmark:yolact_R_50_FPN_550.py", "benchmark:yolact_R_101_FPN_550.py"
+    assert plan == [
+        (f"{r50} fp32 batch 1", ["fp32"], ["1"]), (f"{r101} fp32 batch 1", ["fp32"], ["1"]),
+        (f"{r50} fp32 batch 8", ["fp32"], ["8"]), (f"{r101} fp32 batch 8", ["fp32"], ["8"]),
+        (f"{r50} fp16+bf16 batch 1,8", ["fp16", "bf16"], ["1", "8"]),
+        (f"{r101} fp16+bf16 batch 1,8", ["fp16", "bf16"], ["1", "8"]),
+        ("benchmark:yolact_plus_R_50_FPN_550.py fp32+fp16 batch 1", ["fp32", "fp16"], ["1"]),
+        ("benchmark:yolact_edge_vid_R_50_FPN_550.py fp32 batch 1", ["fp32"], ["1"]),
+    ]
+    names = gpu_check.step_names(gpu_check.parse_args([]))
+    assert names[:8] == list(STEPS[:8]) and names[8:-1] == [p[0] for p in plan] and names[-1] == "benchmark_ops"
+    args = gpu_check.parse_args([])
+    image = gpu_check.benchmark_command(args, gpu_check.BENCHMARK_CONFIGS[0], ["fp32"], ["1"], "x.json")
+    video = gpu_check.benchmark_command(args, gpu_check.MORE_BENCHMARK_CONFIGS[1], ["fp32"], ["1"], "x.json")
+    assert "--fast-path" in image and "--fast-path" not in video  # VideoPredictor has no fast path
+    assert image[image.index("--device") + 1] == "cuda" and image[image.index("--batch-sizes") + 1] == "1"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed process waits in state Z until someone reaps it)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def test_time_box_kills_the_step_and_its_children_and_json_follows_each_step(tmp_path):
+    # oracle: the wall clock, and the grandchild's process gone (/proc)
+    args = gpu_check.parse_args(["--dry-run", "--output", str(tmp_path), "--budget-s", "100"])
+    c = gpu_check.Check(args, ["first", "second"])
+    child = "import subprocess, sys, time; p = subprocess.Popen(['sleep', '60']); print(p.pid, flush=True); time.sleep(60)"
+    rc, out, secs = c.run("first", [sys.executable, "-c", child], cap_s=2)
+    assert rc is None and 2 <= secs < 10
+    grandchild = int(out.split()[0])
+    time.sleep(0.2)
+    assert not _running(grandchild)
+    c.record("first", "failed", f"timed out after {secs:.0f} s", secs)
+    doc = json.load(open(tmp_path / "gpu_check.json"))
+    assert list(doc["steps"]) == ["first"] and doc["not_run_yet"] == ["second"]
+    assert not c.budget_allows("second", 1000)  # expects more than the 100 s budget: skipped, said why
+    doc = json.load(open(tmp_path / "gpu_check.json"))
+    assert doc["not_run_yet"] == [] and "needs ~1000 s" in doc["steps"]["second"]["reason"]
+    c.log.close()
 
 
 # ---------------------------------------------------------------------------------- wheelhouse

@@ -9,8 +9,10 @@ There (a fresh CUDA machine with Python 3.12, torch, torchvision, nvcc; no regis
 Anywhere, on CPU (what CI runs, so the script cannot rot):
     python tools/gpu_check.py --dry-run --output out/gpu_check [--wheelhouse wheelhouse]
 
-Steps, in order, each in its own subprocess with its own time box (a CUDA crash or a hang ends only
-that step); when the total --budget-s is spent, the remaining steps are skipped with the reason:
+Steps, in order, each in its own subprocess (its own process group) with its own time box (a CUDA
+crash or a hang ends only that step). A step starts only when the budget left (--budget-s, 480 s:
+the whole check within 8 minutes) holds its expected time (STEP_SECONDS), else it is skipped with
+the reason; the JSON is rewritten after every step, so a killed check still leaves what it measured:
 
   install         pip install --no-index --no-deps --target <output>/site wheelhouse/*.whl
   build_extension setup.py build_ext --inplace against the local torch; a CPU-only build is FAILED
@@ -24,10 +26,12 @@ that step); when the total --budget-s is spent, the remaining steps are skipped 
   train_amp       train_net.py on the tiny shapes set, AMP on (fp16, GradScaler), 50 iterations:
                   finite, decreasing; train_amp_bf16 the same with bf16 autocast (no scaler)
   ddp_nccl        train_net.py --num-gpus 2 (NCCL), when the machine has 2 GPUs
-  benchmark_ops   tools/benchmark_ops.py --device cuda
-  benchmark       tools/benchmark.py --device cuda --fast-path, fp32/fp16/bf16, batch 1 and 8, per
-                  config; `fps` sums up eager vs fast path at batch 1, end to end (host uint8 frame
-                  in, Instances with full-size masks out)
+  benchmark:...   tools/benchmark.py --device cuda --fast-path (eager Predictor and the real-time
+                  path, end to end: host uint8 frame in, Instances with full-size masks out; `fps`
+                  sums a step's images/s). First the required figures: R50 and R101 (--benchmark-
+                  configs) fp32 batch 1; then as time allows: their fp32 batch 8, their fp16 + bf16
+                  batch 1 and 8, YOLACT++ R50 and YolactEdge R50 video (--more-benchmark-configs)
+  benchmark_ops   tools/benchmark_ops.py --device cuda (last)
 
 --dry-run runs every step on CPU (device=cpu on both sides of each comparison, 3 training
 iterations without AMP, one-round benchmarks) and reports each CUDA call as skipped with the reason.
@@ -40,6 +44,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -140,13 +145,19 @@ INFERENCE_CONFIGS = (
     "configs/yolact/yolact_R_50_FPN_550.py", "configs/yolact/yolact_R_101_FPN_550.py",
     "configs/yolact/yolact_plus_R_50_FPN_550.py", "configs/yolact_edge/yolact_edge_vid_R_50_FPN_550.py",
 )
-BENCHMARK_CONFIGS = INFERENCE_CONFIGS[:3]
+BENCHMARK_CONFIGS = INFERENCE_CONFIGS[:2]  # the required batch-1 fps figures, then batch 8, fp16 / bf16
+MORE_BENCHMARK_CONFIGS = INFERENCE_CONFIGS[2:]  # as time allows: batch 1 (YolactEdge: keyframes vs warped)
 TRAIN_CONFIG = "configs/shapes/yolact_shapes_tiny.py"
 OP_TEST_FILES = ("tests/test_ops.py", "tests/test_realtime.py")  # their tests named *cuda*
 
 
 def _device(args) -> str:
     return "cpu" if args.dry_run else "cuda"
+
+
+def is_video_config(config: str) -> bool:
+    """YolactEdge video configs (VideoPredictor, keyframe / warped-frame benchmark)."""
+    return "yolact_edge_vid" in os.path.basename(config)
 
 
 def step_ops_compare(args) -> Tuple[str, str, Dict]:
@@ -269,7 +280,7 @@ def step_inference(args) -> Tuple[str, str, Dict]:
                 continue
             weights = os.path.join(tmp, "seeded.pth")
             seeded_checkpoint(config, args.opts, weights)
-            video = "yolact_edge_vid" in os.path.basename(config)
+            video = is_video_config(config)
             frames = [image, synthetic_image(240, 320, seed=0)[:, ::-1].copy()] if video else [image]
             runs = {}
             for side in ("cpu", dev):  # the eager path on both sides
@@ -320,12 +331,25 @@ STEP_WORKERS = {"ops_compare": step_ops_compare, "inference": step_inference, "t
 
 
 # ------------------------------------------------------------------------------- the orchestrator
+# (expected, time box) seconds of a step on the GPU machine (H200, 16 cores): a step starts only
+# when the budget left holds its expected time. Estimates from the CPU dry run and the steps' loads
+# until a GPU run measures them (each step's "seconds" in gpu_check.json).
+STEP_SECONDS = {
+    "install": (15, 180), "build_extension": (90, 300), "op_tests": (60, 150), "ops_compare": (20, 90),
+    "inference": (70, 240), "train_amp": (45, 180), "train_amp_bf16": (35, 120), "ddp_nccl": (60, 180),
+    "benchmark_ops": (25, 120),
+}
+BENCHMARK_SECONDS = {"fp32 batch 1": (35, 120), "fp32 batch 8": (40, 120), "fp16+bf16 batch 1,8": (70, 150),
+                     "more": (50, 120)}  # by benchmark_plan's kind
+
+
 class Check:
     """Runs the steps within the budget, appending to the log, collecting the JSON."""
 
-    def __init__(self, args):
+    def __init__(self, args, plan: List[str] = ()):
         self.args = args
         self.start = time.monotonic()
+        self.plan = list(plan)  # every step's name, in order: the JSON lists those not run yet
         os.makedirs(args.output, exist_ok=True)
         self.log_path = os.path.join(args.output, "gpu_check.log")
         self.log = open(self.log_path, "w")
@@ -346,31 +370,41 @@ class Check:
         return self.steps[name]
 
     def run(self, name: str, cmd: List[str], cap_s: float, cwd: str = REPO) -> Tuple[Optional[int], str, float]:
-        """Runs cmd time-boxed to min(cap_s, budget left); returns (rc or None on timeout, output, s)."""
-        timeout = min(cap_s, self.left())
+        """Runs cmd time-boxed to min(cap_s, budget left); returns (rc or None on timeout, output, s).
+
+        In its own process group, killed whole at the time box: a step's children (DDP workers,
+        data-loader workers) cannot outlive it and hold the GPU or the budget."""
+        timeout = max(min(cap_s, self.left()), 1)
         self.log.write(f"=== {name}: $ {' '.join(cmd)} (time box {timeout:.0f} s)\n")
         self.log.flush()
         t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
         try:
-            proc = subprocess.run(cmd, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=max(timeout, 1))
-            rc, out = proc.returncode, proc.stdout + proc.stderr
-        except subprocess.TimeoutExpired as e:
+            out, _ = proc.communicate(timeout=timeout)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            try:  # what it printed; a process that left the group could hold the pipe open
+                out, _ = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.wait()
+                out = "(its output is lost: a process it started outside its group holds the pipe)"
             rc = None
-            out = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
-        self.log.write(out + "\n")
+        self.log.write((out or "") + "\n")
         self.log.flush()
-        return rc, out, time.monotonic() - t0
+        return rc, out or "", time.monotonic() - t0
 
-    def budget_allows(self, name: str, min_s: float) -> bool:
-        if self.left() < min_s:
+    def budget_allows(self, name: str, expected_s: float) -> bool:
+        if self.left() < expected_s:
             self.record(name, "skipped", f"the time budget is spent ({self.left():.0f} s left of "
-                                         f"{self.args.budget_s:.0f}; this step needs ~{min_s:.0f} s)")
+                                         f"{self.args.budget_s:.0f}; this step needs ~{expected_s:.0f} s)")
             return False
         return True
 
-    def worker(self, name: str, cap_s: float, min_s: float, extra: List[str] = (), worker: Optional[str] = None, **more):
+    def worker(self, name: str, cap_s: float, expected_s: float, extra: List[str] = (), worker: Optional[str] = None, **more):
         """A STEP_WORKERS step in a subprocess; its JSON result becomes the step's entry."""
-        if not self.budget_allows(name, min_s):
+        if not self.budget_allows(name, expected_s):
             return
         out_json = os.path.join(self.args.output, f".{name}.json")
         cmd = [sys.executable, "-m", "yolact_d2.tools.gpu_check", "--step", worker or name, "--step-json", out_json,
@@ -392,9 +426,20 @@ class Check:
         doc = {"dry_run": self.args.dry_run, "budget_s": self.args.budget_s,
                "elapsed_s": round(time.monotonic() - self.start, 1), "python": platform.python_version(),
                "host": platform.node(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "environment": self.environment(), "steps": self.steps}
-        with open(os.path.join(self.args.output, "gpu_check.json"), "w") as f:
+               "environment": self.environment(), "fps_batch1": self.fps_batch1(),
+               "not_run_yet": [n for n in self.plan if n not in self.steps], "steps": self.steps}
+        path = os.path.join(self.args.output, "gpu_check.json")
+        with open(path + ".tmp", "w") as f:  # then renamed: a kill mid-write leaves the previous JSON whole
             json.dump(doc, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+    def fps_batch1(self) -> Dict[str, Dict[str, float]]:
+        """The benchmarks' batch-1 images/s by config (the issue's figures: eager vs fast path)."""
+        out: Dict[str, Dict[str, float]] = {}
+        for step in self.steps.values():
+            if step.get("fps"):
+                out.setdefault(step["config"], {}).update(step["fps"])
+        return out
 
     def environment(self) -> Dict:
         try:
@@ -435,7 +480,7 @@ def do_install(c: Check) -> None:
         # the platform flags make pip check the tags against the GPU machine's CPython 3.12 (also in a dry run elsewhere)
         cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--upgrade", "--target", a.site,
                *PLATFORM_ARGS, *wheels]
-        rc, out, secs = c.run("install", cmd, 180)
+        rc, out, secs = c.run("install", cmd, STEP_SECONDS["install"][1])
     else:  # no pip there: a wheel is a zip of its site-packages tree (no scripts are needed here)
         import zipfile
 
@@ -476,7 +521,8 @@ def _backends(rc: Optional[int], out: str) -> Optional[Dict]:
 
 def do_build(c: Check) -> None:
     a = c.args
-    if not c.budget_allows("build_extension", 30):
+    expected, cap = STEP_SECONDS["build_extension"]
+    if not c.budget_allows("build_extension", expected):
         return
     if a.dry_run:
         rc, out, secs = c.run("build_extension", [sys.executable, "-c", BACKEND_PROBE], 60)
@@ -495,7 +541,7 @@ def do_build(c: Check) -> None:
             c.env["TORCH_CUDA_ARCH_LIST"] = ";".join(caps)
     c.env.setdefault("MAX_JOBS", str(os.cpu_count() or 2))
     env_note["TORCH_CUDA_ARCH_LIST"] = c.env.get("TORCH_CUDA_ARCH_LIST")
-    rc, out, secs = c.run("build_extension", [sys.executable, "setup.py", "build_ext", "--inplace"], 300)
+    rc, out, secs = c.run("build_extension", [sys.executable, "setup.py", "build_ext", "--inplace"], cap)
     if rc != 0:
         c.record("build_extension", "failed", f"setup.py build_ext exit {rc} (see gpu_check.log)", secs, **env_note)
         return
@@ -509,10 +555,11 @@ def do_build(c: Check) -> None:
 
 
 def do_op_tests(c: Check, why_not: Optional[str]) -> None:
-    if not c.budget_allows("op_tests", 20):
+    expected, cap = STEP_SECONDS["op_tests"]
+    if not c.budget_allows("op_tests", expected):
         return
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *OP_TEST_FILES, "-k", "cuda"]
-    rc, out, secs = c.run("op_tests", cmd, 120)
+    rc, out, secs = c.run("op_tests", cmd, cap)
     tail = out.strip().splitlines()[-1] if out.strip() else ""
     counts = {k: 0 for k in ("passed", "failed", "skipped", "error")}
     for part in tail.replace("=", " ").split(","):
@@ -559,14 +606,15 @@ def do_training(c: Check, why_not: Optional[str]) -> None:
         if skip:
             c.record(name, "skipped", skip)
             continue
-        if not c.budget_allows(name, 20):
+        expected, cap = STEP_SECONDS[name]
+        if not c.budget_allows(name, expected):
             continue
         out_dir = os.path.join(a.output, name)
         shutil.rmtree(out_dir, ignore_errors=True)
         device, amp = ("cpu", False) if a.dry_run else ("cuda", True)
         n = iters if amp_dtype == "float16" else min(iters, 20)  # bf16: a shorter second run (time box)
         cmd = train_command(a.train_config, device, amp, n, out_dir, amp_dtype=amp_dtype)
-        rc, out, secs = c.run(name, cmd, 180)
+        rc, out, secs = c.run(name, cmd, cap)
         cuda = {"status": "skipped", "reason": why_not} if why_not else {"status": "run", "amp": True}
         if rc != 0:
             c.record(name, "failed", f"train_net exit {rc} (see gpu_check.log)", secs, device=device, cuda=cuda)
@@ -579,66 +627,114 @@ def do_training(c: Check, why_not: Optional[str]) -> None:
     if why_not or n_gpu < 2:
         c.record("ddp_nccl", "skipped", why_not or f"{n_gpu} GPU(s): the 2-process NCCL run needs 2")
         return
-    if c.budget_allows("ddp_nccl", 30):
+    expected, cap = STEP_SECONDS["ddp_nccl"]
+    if c.budget_allows("ddp_nccl", expected):
         out_dir = os.path.join(a.output, "train_ddp")
         cmd = train_command(a.train_config, "cuda", True, 20, out_dir, ["--num-gpus", "2"])
-        rc, out, secs = c.run("ddp_nccl", cmd, 180)
+        rc, out, secs = c.run("ddp_nccl", cmd, cap)
         if rc != 0:
             c.record("ddp_nccl", "failed", f"train_net --num-gpus 2 exit {rc}", secs)
         else:
             c.worker("ddp_nccl", 30, 1, ["--train-dir", out_dir], worker="train_losses", train_seconds=round(secs, 1))
 
 
+def benchmark_plan(args) -> List[Tuple[str, str, str, List[str], List[str]]]:
+    """(step name, kind, config, precisions, batch sizes) in the order they run: the required figures
+    first (every --benchmark-configs at fp32 batch 1: eager and fast path), then their fp32 batch 8,
+    then their fp16 + bf16 at batch 1 and 8, then every --more-benchmark-configs at batch 1."""
+    plan = []
+
+    def add(kind: str, config: str, precisions: List[str], batches: List[str]) -> None:
+        label = f"{'+'.join(precisions)} batch {','.join(batches)}"
+        plan.append((f"benchmark:{os.path.basename(config)} {label}", kind, config, precisions, batches))
+
+    for kind, precisions, batches in (("fp32 batch 1", ["fp32"], ["1"]), ("fp32 batch 8", ["fp32"], ["8"]),
+                                      ("fp16+bf16 batch 1,8", ["fp16", "bf16"], ["1", "8"])):
+        for config in args.benchmark_configs:
+            add(kind, config, precisions, batches)
+    for config in args.more_benchmark_configs:  # YolactEdge: fp32 keyframes vs warped frames (batch 1)
+        add("more", config, ["fp32"] if is_video_config(config) else ["fp32", "fp16"], ["1"])
+    return plan
+
+
+def benchmark_command(args, config: str, precisions: List[str], batches: List[str], js: str) -> List[str]:
+    """tools/benchmark.py on the device, eager Predictor and (image configs) the fast path; no
+    un-optimised model nor Mask R-CNN: their time goes to the figures the issue asks for."""
+    if args.dry_run:  # the same command on the CPU, seconds long (as --quick, but keeping the batch sizes)
+        timing = ["--image-size", "96", "128", "--warmup", "0", "--iters", "1", "--no-stages"]
+        opts = ["model.input_size=192", *args.opts]
+    else:
+        timing, opts = ["--warmup", "3", "--iters", "10"], list(args.opts)
+    return [sys.executable, "tools/benchmark.py", "--config", config, "--device", _device(args), "--json", js,
+            "--precisions", *precisions, "--batch-sizes", *batches, *timing, "--no-maskrcnn", "--no-plain",
+            *([] if is_video_config(config) else ["--fast-path"]), *(["--opts", *opts] if opts else [])]
+
+
 def do_benchmarks(c: Check, why_not: Optional[str]) -> None:
     a = c.args
-    dev = "cpu" if a.dry_run else "cuda"
-    if c.budget_allows("benchmark_ops", 15):
+    dev = _device(a)
+    cuda = {"status": "skipped", "reason": why_not} if why_not else None
+    for name, kind, config, precisions, batches in benchmark_plan(a):
+        if a.dry_run:  # the GPU precisions are not timed on the CPU
+            precisions = [p for p in precisions if p not in ("fp16", "bf16")]
+            if not precisions:
+                c.record(name, "skipped", "dry run: fp16 and bf16 are timed on the GPU only", cuda=cuda)
+                continue
+        expected, cap = BENCHMARK_SECONDS[kind]
+        if not c.budget_allows(name, expected):
+            continue
+        slug = "".join(ch if ch.isalnum() else "_" for ch in name[len("benchmark:"):])
+        js = os.path.join(a.output, f"benchmark_{slug}.json")
+        rc, out, secs = c.run(name, benchmark_command(a, config, precisions, batches, js), cap)
+        res = json.load(open(js)) if rc == 0 and os.path.exists(js) else None
+        why = "" if res else (f"timed out after {secs:.0f} s" if rc is None else f"exit {rc} (see gpu_check.log)")
+        c.record(name, "passed" if res else "failed", why, secs, config=config, precisions=precisions,
+                 batch_sizes=[int(b) for b in batches], device=dev, fps=res and batch1_fps(res), results=res, cuda=cuda)
+    expected, cap = STEP_SECONDS["benchmark_ops"]
+    if c.budget_allows("benchmark_ops", expected):  # last: the kernels' own timings, the least needed
         js = os.path.join(a.output, "benchmark_ops.json")
         iters = ["--iters", "2", "--warmup", "1"] if a.dry_run else ["--iters", "30"]
-        rc, out, secs = c.run("benchmark_ops", [sys.executable, "tools/benchmark_ops.py", "--device", dev, *iters, "--json", js], 120)
+        rc, out, secs = c.run("benchmark_ops", [sys.executable, "tools/benchmark_ops.py", "--device", dev, *iters, "--json", js], cap)
         res = json.load(open(js)) if rc == 0 and os.path.exists(js) else None
         c.record("benchmark_ops", "passed" if res else "failed", "" if res else f"exit {rc} (see gpu_check.log)", secs,
-                 device=dev, results=res and res["results"], cuda={"status": "skipped", "reason": why_not} if why_not else None)
-    for config in a.benchmark_configs:
-        name = f"benchmark:{os.path.basename(config)}"
-        if not c.budget_allows(name, 20):
-            continue
-        js = os.path.join(a.output, f"benchmark_{os.path.splitext(os.path.basename(config))[0]}.json")
-        if a.dry_run:
-            extra = ["--quick", "--no-maskrcnn", "--no-stages", "--fast-path"]
-        else:  # no un-optimised model: its time goes to the fast path
-            extra = ["--precisions", "fp32", "fp16", "bf16", "--batch-sizes", "1", "8", "--warmup", "3", "--iters", "10",
-                     "--no-maskrcnn", "--no-plain", "--fast-path"]
-        cmd = [sys.executable, "tools/benchmark.py", "--config", config, "--device", dev, "--json", js, *extra,
-               *(["--opts", *a.opts] if a.opts else [])]
-        rc, out, secs = c.run(name, cmd, 150)
-        res = json.load(open(js)) if rc == 0 and os.path.exists(js) else None
-        c.record(name, "passed" if res else "failed", "" if res else f"exit {rc} (see gpu_check.log)", secs,
-                 device=dev, fps=res and batch1_fps(res), results=res,
-                 cuda={"status": "skipped", "reason": why_not} if why_not else None)
+                 device=dev, results=res and res["results"], cuda=cuda)
 
 
 def batch1_fps(results: Dict) -> Dict[str, float]:
     """Images/s of every contender at batch 1 (eager "yolact_d2 [precision]", "yolact_d2 fast path
-    [precision]"), end to end: a host uint8 frame in, Instances with full-size masks out."""
-    return {name: r["images_per_s"] for run in results.get("runs", []) if run.get("batch") == 1
-            for name, r in run.get("contenders", {}).items()}
+    [precision]"), end to end: a host uint8 frame in, Instances with full-size masks out. A run whose
+    base precision is not fp32 (the fp16 run) names it: its "yolact_d2" is fp16."""
+    fps = {}
+    for run in results.get("runs", []):
+        if run.get("batch") != 1:
+            continue
+        base = (run.get("precisions") or ["fp32"])[0]
+        for name, r in run.get("contenders", {}).items():
+            fps[name if base == "fp32" else f"{name} {base}"] = r["images_per_s"]
+    return fps
+
+
+def step_names(args) -> List[str]:
+    """Every step's name, in the order run_check runs them."""
+    return ["install", "build_extension", "op_tests", "ops_compare", "inference", "train_amp", "train_amp_bf16",
+            "ddp_nccl", *[name for name, *_ in benchmark_plan(args)], "benchmark_ops"]
 
 
 def run_check(args) -> int:
     args.site = os.path.abspath(args.site or os.path.join(args.output, "site")) if args.wheelhouse else None
-    c = Check(args)
+    c = Check(args, step_names(args))
     do_install(c)
     do_build(c)
     why_not = no_cuda_reason(args)
     do_op_tests(c, why_not)
     extra = ["--inference-configs", *args.inference_configs] + (["--opts", *args.opts] if args.opts else [])
-    for name, cap, min_s in (("ops_compare", 90, 15), ("inference", 240, 30)):
+    for name in ("ops_compare", "inference"):
+        expected, cap = STEP_SECONDS[name]
         more = {"cuda": {"status": "skipped", "reason": why_not}} if why_not else {}
         if why_not and not args.dry_run:  # a real run without CUDA: nothing to compare
             c.record(name, "skipped", why_not)
         else:
-            c.worker(name, cap, min_s, extra if name == "inference" else [], **more)
+            c.worker(name, cap, expected, extra if name == "inference" else [], **more)
     do_training(c, why_not)
     do_benchmarks(c, why_not)
     c.write_json()
@@ -658,7 +754,10 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true", help="CPU only: every step but the CUDA calls")
     p.add_argument("--budget-s", type=float, default=480.0, help="total time budget (steps past it are skipped)")
     p.add_argument("--inference-configs", nargs="+", default=list(INFERENCE_CONFIGS))
-    p.add_argument("--benchmark-configs", nargs="+", default=list(BENCHMARK_CONFIGS))
+    p.add_argument("--benchmark-configs", nargs="*", default=list(BENCHMARK_CONFIGS),
+                   help="fp32 batch 1 first (the required fps), then fp32 batch 8, then fp16 + bf16")
+    p.add_argument("--more-benchmark-configs", nargs="*", default=list(MORE_BENCHMARK_CONFIGS),
+                   help="batch 1, after every --benchmark-configs run, as the budget allows")
     p.add_argument("--train-config", default=TRAIN_CONFIG)
     p.add_argument("--train-iters", type=int, default=50)
     p.add_argument("--opts", nargs="*", default=[], help="LazyConfig overrides for inference and benchmarks")
