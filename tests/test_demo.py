@@ -208,3 +208,62 @@ def test_demo_yolact_edge_video_keyframes(tmp_path):
     label = [f[2:16, 2:100].astype(np.int32) for f in frames]
     red = [int(((p[..., 2] > 150) & (p[..., 1] < 110)).sum()) for p in label]  # BGR: red text pixels
     assert min(red[i] for i in (0, 3, 6)) > max(red[i] for i in (1, 2, 4, 5)) + 10, red
+
+
+@pytest.mark.slow  # ~2/3 of it: the dynamo export of the two video graphs
+def test_demo_int8_yolact_edge_video_calibrates_on_a_video(tmp_path, capsys):
+    """--precision int8 with a YolactEdge video config builds VideoPredictor(precision="int8") (it
+    used to build the image int8 graph and stop): --calibration takes a video file. Oracle: a
+    VideoPredictor given a folder of the same decoded frames (PNG) computes the same cache key, so it
+    finds the demo's two int8 graphs next to the weights and builds nothing; no image int8 graph
+    (<weights>.int8.<hash>.onnx) is written; one drawn frame per input frame, keyframes 0 and 3."""
+    from yolact_d2 import VideoPredictor
+    from yolact_d2.deploy import quantize
+    from yolact_d2.tools import demo
+
+    config = os.path.join(fx.REPO, "configs", "yolact_edge", "moving_shapes", "video_finetune.py")
+    weights = fx.write_checkpoint(str(tmp_path / "edge.pth"), seed=0, config=config, opts=[])
+    video = str(tmp_path / "clip.avi")
+    write_video(video, 5, seed=40)
+    out = str(tmp_path / "drawn.mp4")
+    code = demo.main(["--config", config, "--weights", weights, "--device", "cpu", "--precision", "int8",
+                      "--calibration", video, "--video-input", video, "--output", out, "--keyframe-interval", "3"])
+    log = capsys.readouterr()
+    assert code == 0, log.err
+    assert "int8 calibration on 5 frames" in log.out and "2 keyframes (frames 0, 3)" in log.out, log.out
+    assert len(count_frames(out)) == 5
+    built = sorted(f for f in os.listdir(tmp_path) if ".int8." in f)
+    assert len(built) == 2 and built[0].endswith(".keyframe.onnx") and built[1].endswith(".warped.onnx"), built
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(count_frames(video)):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), frame)
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the demo's int8 video graphs were not found: calibrated on other frames?")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quantize, "quantize_onnx_int8", no_rebuild)
+        vp = VideoPredictor(config, weights, device="cpu", precision="int8", calibration=str(frames),
+                            score_threshold=0.3)  # the demo's --confidence-threshold default (hashed with the graph)
+    assert sorted(os.path.basename(p) for p in vp.int8_paths) == built
+
+
+def test_demo_calibration_errors(tmp_path):
+    from yolact_d2.tools import demo
+
+    image = str(tmp_path / "in.png")
+    cv2.imwrite(image, fx.test_image(32, 32, seed=0))
+    with pytest.raises(SystemExit):  # argparse: --calibration without int8
+        demo.parse_args(["--config", fx.R50_CONFIG, "--input", image, "--calibration", str(tmp_path)])
+    with pytest.raises(SystemExit, match="'.*in.png' is a file but not a video"):
+        with demo.calibration_folder(image):
+            pass
+    with pytest.raises(SystemExit, match="'.*nothing' does not exist"):
+        with demo.calibration_folder(str(tmp_path / "nothing")):
+            pass
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(SystemExit, match="cannot read a frame of the video"):
+        with demo.calibration_folder(str(tmp_path / "broken.mp4")):
+            pass

@@ -24,11 +24,18 @@ through yolact_d2.VideoPredictor: the full network on every --keyframe-interval-
 official), warped keyframe features in between (--adaptive-max-motion / --adaptive-max-residual
 add the adaptive rule). The progress bar shows each frame's fps and kind, the drawing is labelled
 KEYFRAME / warped with its fps, and the summary lists the keyframes and the mean time of each kind.
+
+--precision int8 (CPU) calibrates on --calibration (a folder of images, or a video file's first 100
+frames; default: 100 images of the config's training set) and caches the int8 model next to the
+weights. With a YolactEdge video config it builds VideoPredictor(precision="int8"): the int8
+keyframe and non-keyframe graphs (a calibration folder or video is read as one video's frames).
 """
 import argparse
+import contextlib
 import glob
 import os
 import sys
+import tempfile
 import time
 from typing import List, NamedTuple, Optional, Tuple, Union
 
@@ -63,7 +70,11 @@ def parse_args(argv=None):
     p.add_argument("--confidence-threshold", type=float, default=0.3, help="draw detections with score > this")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available); also --opts MODEL.DEVICE")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8"),
-                   help="network precision (bf16: CPU with AVX512-BF16/AMX, or CUDA; fp16: CUDA)")
+                   help="network precision (bf16: CPU with AVX512-BF16/AMX, or CUDA; fp16: CUDA; int8: CPU)")
+    p.add_argument("--calibration", default=None, metavar="FOLDER|VIDEO",
+                   help="--precision int8: calibrate on a folder of images (the first 100, name order; for a "
+                        "YolactEdge video config the frames of one video) or a video file (its first 100 frames); "
+                        "default: 100 images of the config's training set")
     p.add_argument("--max-frames", type=int, default=0, help="stop videos and cameras after this many frames (0: all)")
     p.add_argument("--keyframe-interval", type=int, default=5,
                    help="YolactEdge video configs: full network every N-th frame, warped features between")
@@ -76,6 +87,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.input and args.video_input is None and args.webcam is None:
         p.error("nothing to do: give --input, --video-input or --webcam.")
+    if args.calibration is not None and args.precision != "int8":
+        p.error(f"--calibration applies to --precision int8 (got --precision {args.precision}).")
     return args
 
 
@@ -186,7 +199,8 @@ def run_image(predictor, path, out_path):
     if image is None:
         raise InputError(f"OpenCV cannot read the image '{path}' (damaged, or not an image?)")
     start = time.perf_counter()
-    instances = predictor(image).to("cpu")
+    # a VideoPredictor (int8 YolactEdge video config): a still is its own keyframe, never warped
+    instances = (predictor(image, keyframe=True) if hasattr(predictor, "last_was_keyframe") else predictor(image)).to("cpu")
     elapsed = time.perf_counter() - start
     names = predictor.metadata.thing_classes
     print(f"{path}: {len(instances)} detections in {elapsed:.2f} s: {describe(instances, names)}")
@@ -306,26 +320,75 @@ def video_summary(keyframes: List[int], frame_times: dict) -> str:
     return "; ".join(parts)
 
 
-def video_predictor(predictor, args):
-    """A VideoPredictor on the same model when the config is a YolactEdge video model, else None."""
-    if not getattr(predictor.model, "is_video_model", False):
+def adaptive_rule(args):
+    """--adaptive-max-motion / --adaptive-max-residual as VideoPredictor's `adaptive` (None: fixed interval)."""
+    if args.adaptive_max_motion is None and args.adaptive_max_residual is None:
         return None
+    return {"max_motion": args.adaptive_max_motion, "max_residual": args.adaptive_max_residual}
+
+
+def video_predictor(predictor, args):
+    """A VideoPredictor on the same model when the config is a YolactEdge video model, else None
+    (an int8 video config is already one: build_predictor made its two graphs)."""
     from yolact_d2 import VideoPredictor
 
-    adaptive = None
-    if args.adaptive_max_motion is not None or args.adaptive_max_residual is not None:
-        adaptive = {"max_motion": args.adaptive_max_motion, "max_residual": args.adaptive_max_residual}
+    if isinstance(predictor, VideoPredictor):
+        return predictor
+    if not getattr(predictor.model, "is_video_model", False):
+        return None
     try:
-        return VideoPredictor.from_predictor(predictor, keyframe_interval=args.keyframe_interval, adaptive=adaptive)
+        return VideoPredictor.from_predictor(predictor, keyframe_interval=args.keyframe_interval,
+                                             adaptive=adaptive_rule(args))
     except ValueError as e:
         raise SystemExit(f"demo: {e}") from None
 
 
+def is_video_config(cfg) -> bool:
+    """Whether the config's model has a flow net (YolactEdge.is_video_model), read from the config
+    so that int8 builds the video graphs without first building the image graph."""
+    return cfg.model.get("flow_net") is not None
+
+
+CALIBRATION_FRAMES = 100  # what the int8 path calibrates on (deploy.quantize.calibration_files' default)
+
+
+@contextlib.contextmanager
+def calibration_folder(path: Optional[str]):
+    """--calibration as the folder the int8 Predictors read: a folder as it is, a video file as its
+    first CALIBRATION_FRAMES frames written to a temporary folder (PNG, name order = frame order;
+    the same frames give the same bytes, so the int8 cache next to the weights is reused)."""
+    if path is None or os.path.isdir(path):
+        yield path
+        return
+    if not os.path.isfile(path):
+        raise SystemExit(f"demo: --calibration '{path}' does not exist; give a folder of images or a video file.")
+    if not path.lower().endswith(VIDEO_EXTS):
+        raise SystemExit(f"demo: --calibration '{path}' is a file but not a video ({', '.join(VIDEO_EXTS)}); "
+                         "give a video file or a folder of images.")
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    with tempfile.TemporaryDirectory(prefix="yolact_demo_calib_") as folder:
+        frames = 0
+        while frames < CALIBRATION_FRAMES:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            cv2.imwrite(os.path.join(folder, f"frame_{frames:05d}.png"), frame)
+            frames += 1
+        cap.release()
+        if frames == 0:
+            raise SystemExit(f"demo: --calibration: OpenCV cannot read a frame of the video '{path}'.")
+        print(f"demo: int8 calibration on {frames} frames of {path}")
+        yield folder
+
+
 def build_predictor(args):
-    """The Predictor for the config, --opts (both styles) and --weights / --device."""
+    """The Predictor for the config, --opts (both styles) and --weights / --device; with --precision
+    int8 and a YolactEdge video config, the int8 VideoPredictor (its keyframe and non-keyframe graphs)."""
     from detectron2.config import LazyConfig
 
-    from yolact_d2 import Predictor
+    from yolact_d2 import Predictor, VideoPredictor
     from yolact_d2.engine import UnknownConfigKeyError, apply_overrides
     from yolact_d2.model_zoo import ConfigNotFoundError, resolve_config_file
 
@@ -345,11 +408,22 @@ def build_predictor(args):
         raise SystemExit(f"demo: --opts: {e}{hint}") from None
     from yolact_d2.deploy.precision import PrecisionError
 
+    options = dict(device=device, score_threshold=args.confidence_threshold, precision=args.precision)
     try:
-        return Predictor(cfg, weights, device=device, score_threshold=args.confidence_threshold,
-                         precision=args.precision)
+        with calibration_folder(args.calibration) as calibration:
+            if args.precision != "int8":
+                return Predictor(cfg, weights, **options)
+            if not is_video_config(cfg):
+                return Predictor(cfg, weights, calibration=calibration, **options)
+            # VideoPredictor.from_predictor cannot turn the image int8 graph into the two video graphs
+            return VideoPredictor(cfg, weights, keyframe_interval=args.keyframe_interval,
+                                  adaptive=adaptive_rule(args), calibration=calibration, **options)
     except PrecisionError as e:  # the machine lacks what the precision needs: one line naming it
         raise SystemExit(f"demo: --precision: {e}") from None
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        if args.precision != "int8":
+            raise
+        raise SystemExit(f"demo: --precision int8: {e}") from None  # weights / calibration problems, by name
 
 
 def main(argv=None) -> int:
