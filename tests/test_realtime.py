@@ -13,6 +13,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import inference_fixtures as fx
 from yolact_d2 import Predictor
@@ -91,7 +93,7 @@ def test_fast_path_equals_eager_fp32(case, tmp_path):
 
 
 @pytest.mark.parametrize("setting", ["model.post_processor.class_agnostic=True", "model.resize_mode=shortest_edge",
-                                     "model.input_format=RGB"])
+                                     "model.input_format=RGB", "model.to_rgb=True"])
 def test_fast_path_equals_eager_other_settings(setting, tmp_path):
     predictor = _predictor("shapes tiny", tmp_path, [setting], fast_path=True)
     images = _images("shapes tiny")
@@ -203,10 +205,27 @@ def test_standard_nms_cannot_be_captured(tmp_path):
 
 
 # ------------------------------------------------------------------ capturability, without a GPU
+class _HostTensorReads(TorchDispatchMode):
+    """Records every op on fake CUDA tensors that reads a host (CPU) tensor: a copy to the device
+    at each call (e.g. `x[:, [2, 1, 0]]`'s list index), which a CUDA graph cannot hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "cpu" for t in tensors) and any(t.device.type == "cuda" for t in tensors):
+            self.seen.append(f"{func}: {[(t.device.type, tuple(t.shape)) for t in tensors]}")
+        return out
+
+
 def _fake_cuda_outputs(case, extra_opts=(), dtype=torch.float32):
     """FrameGraph's forward on fake CUDA tensors (FakeTensorMode: shapes, dtypes and devices, no
-    data). An op whose output shape depends on the data or that reads a value back to the host
-    (nonzero, .item(), bool(tensor): what a CUDA graph cannot capture) raises there."""
+    data) -> (outputs, host tensor reads). An op whose output shape depends on the data or that
+    reads a value back to the host (nonzero, .item(), bool(tensor): what a CUDA graph cannot
+    capture) raises there; a host tensor copied in is recorded."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.func import functional_call
 
@@ -223,15 +242,21 @@ def _fake_cuda_outputs(case, extra_opts=(), dtype=torch.float32):
     state = {k: mode.from_tensor(v) for k, v in list(graph.named_parameters()) + list(graph.named_buffers())}
     with mode, torch.inference_mode():
         state = {k: v.to("cuda") for k, v in state.items()}
-        return functional_call(graph, state, (torch.empty(2, 90, 120, 3, dtype=torch.uint8, device="cuda"),))
+        frames = torch.empty(2, 90, 120, 3, dtype=torch.uint8, device="cuda")
+        with _HostTensorReads() as reads:
+            outputs = functional_call(graph, state, (frames,))
+        return outputs, reads.seen
 
 
-@pytest.mark.parametrize("case, dtype", [
-    ("shapes tiny", torch.float32), ("shapes tiny", torch.float16), ("shapes tiny", torch.bfloat16),
-    pytest.param("YOLACT++ R50", torch.float16, marks=pytest.mark.slow),  # DCN, mask re-scoring
+@pytest.mark.parametrize("case, dtype, opts", [
+    ("shapes tiny", torch.float32, []), ("shapes tiny", torch.float16, []), ("shapes tiny", torch.bfloat16, []),
+    ("shapes tiny", torch.float32, ["model.to_rgb=True"]),  # the BGR -> RGB flip (the shapes models skip it)
+    ("shapes tiny", torch.float32, ["model.to_rgb=True", "model.resize_mode=shortest_edge"]),  # + canvas padding
+    pytest.param("YOLACT++ R50", torch.float16, [], marks=pytest.mark.slow),  # DCN, mask re-scoring, RGB
 ])
-def test_graph_is_capturable_on_fake_gpu_tensors(case, dtype):
-    outputs = _fake_cuda_outputs(case, dtype=dtype)
+def test_graph_is_capturable_on_fake_gpu_tensors(case, dtype, opts):
+    outputs, host_reads = _fake_cuda_outputs(case, opts, dtype=dtype)
+    assert host_reads == []
     d = 20 if case == "shapes tiny" else 100  # max_detections
     assert [tuple(o.shape) for o in outputs[:5]] == [(2, d, 4), (2, d), (2, d), (2, d, 90, 120), (2,)]
     assert all(o.device.type == "cuda" for o in outputs)
@@ -245,6 +270,18 @@ def test_fake_tensor_check_sees_a_host_read():
 
     with pytest.raises(DynamicOutputShapeException):
         _fake_cuda_outputs("shapes tiny", ["model.post_processor.standard_nms=True"])
+
+
+def test_host_tensor_check_sees_a_list_index():
+    # the oracle that the host-read check can fail: the old flip, a list index on a CUDA tensor
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(), _HostTensorReads() as reads:
+        x = torch.empty(1, 3, 4, 4, device="cuda")
+        torch.flip(x, dims=[1])
+        assert reads.seen == []
+        x[:, [2, 1, 0]]
+    assert len(reads.seen) == 1 and "_to_copy" in reads.seen[0] and "('cpu', (3,))" in reads.seen[0]
 
 
 # ------------------------------------------------------------------ on a GPU (gpu_check op_tests)

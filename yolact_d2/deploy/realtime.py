@@ -80,10 +80,9 @@ def resolve_fast_path(fast_path, device: torch.device, precision: str) -> Option
 class FrameGraph(YolactExportWrapper):
     """frames (B, H, W, 3) uint8 BGR, as the host holds them -> the wrapper's padded outputs.
 
-    Differs from the wrapper only where capture or precision needs it: the channel order flip
-    uses a device index (the wrapper's `x[:, [2, 1, 0]]` copies a host list to the device, which a
-    CUDA graph cannot hold; same values and layout), and the normalised image is cast to the
-    network's dtype (fp16 / bf16 weights)."""
+    Differs from the wrapper only where precision needs it: the normalised image is cast to the
+    network's dtype (fp16 / bf16 weights). The wrapper's own preprocessing is capture-safe (its
+    BGR -> RGB flip reads no host tensor)."""
 
     def __init__(self, model: nn.Module, input_format: str = "BGR"):
         dtype = next(model.backbone.parameters()).dtype
@@ -94,19 +93,13 @@ class FrameGraph(YolactExportWrapper):
         finally:
             hook.remove()
         self.rgb_frames = input_format == "RGB"  # the model wants RGB: flip the BGR frames first
-        self.rgb_network = self.to_rgb
-        self.to_rgb = False  # flipped in _normalize below, with the device index
-        self.register_buffer("channel_flip", torch.tensor([2, 1, 0], device=model.device), persistent=False)
 
     @property
     def network_dtype(self) -> torch.dtype:
         return next(self.model.backbone.parameters()).dtype
 
     def _normalize(self, images: torch.Tensor, resized: Tuple[int, int]) -> torch.Tensor:
-        x = super()._normalize(images, resized)
-        if self.rgb_network:  # after the zero padding: flipping zeros changes nothing
-            x = x.index_select(1, self.channel_flip)
-        return x.to(self.network_dtype)
+        return super()._normalize(images, resized).to(self.network_dtype)
 
     def forward(self, frames: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if self.rgb_frames:

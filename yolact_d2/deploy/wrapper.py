@@ -115,7 +115,11 @@ class YolactExportWrapper(nn.Module):
             x = F.interpolate(x, size=resized, mode="bilinear", align_corners=False)
         x = (x - self.model.pixel_mean) / self.model.pixel_std
         if self.to_rgb:
-            x = x[:, [2, 1, 0]]
+            # BGR <-> RGB as a flip, not `x[:, [2, 1, 0]]`: a list index is a host tensor copied to
+            # the device at each call, which a CUDA graph cannot hold. contiguous(): the flip keeps
+            # a channels-last input's layout, the list index gave NCHW, and the convs must see
+            # the layout they always saw (the same values, bit for bit).
+            x = torch.flip(x, dims=[1]).contiguous()
         if not self.squash:  # bottom/right zeros after normalisation, as preprocess_image
             x = F.pad(x, (0, self.net_size[1] - resized[1], 0, self.net_size[0] - resized[0]))
         return x
