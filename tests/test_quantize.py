@@ -174,6 +174,21 @@ def test_int8_errors(tiny_weights, tmp_path, monkeypatch):
         q.quantize_onnx_int8("x.onnx", "y.onnx", [np.zeros((8, 8), np.uint8)])
 
 
+def test_calibration_from_a_dataset_without_its_json(tmp_path):
+    """A COCO video config's default calibration (its training set) when the annotation json is not
+    there: Detectron2's bare FileNotFoundError becomes one naming the dataset and calibration=."""
+    from detectron2.config import LazyConfig
+    from detectron2.data.datasets import register_coco_instances
+
+    name = "test_quantize_missing_json"
+    if name not in DatasetCatalog.list():
+        register_coco_instances(name, {}, str(tmp_path / "missing.json"), str(tmp_path))
+    cfg = LazyConfig.load(os.path.join(fx.REPO, "configs", "yolact_edge", "yolact_edge_vid_R_50_FPN_550.py"))
+    cfg.dataloader.train.dataset.names = name
+    with pytest.raises(FileNotFoundError, match=rf"dataset '{name}' .*missing\.json.*pass calibration=<folder"):
+        q.calibration_files(cfg, None)
+
+
 def test_train_net_eval_int8_uses_the_predictors_model(tiny_weights, int8_predictor, tmp_path, monkeypatch):
     """--eval-only --precision int8: Detectron2's AP of the same calibrated file the Predictor made
     (no re-calibration), and the AP of the fp32 model evaluated the same way, within 2 points."""

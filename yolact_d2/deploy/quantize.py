@@ -211,7 +211,15 @@ def calibration_files(cfg, calibration: Optional[str], num_images: int = 100) ->
                 f"int8 calibration: dataset '{name}' (dataloader.train.dataset.names) is not registered; "
                 "load its config or pass calibration=<folder of images>."
             )
-        files += [d["file_name"] for d in DatasetCatalog.get(name)]
+        try:
+            records = DatasetCatalog.get(name)
+        except OSError as exc:  # e.g. COCO registered but its annotation json not downloaded
+            raise FileNotFoundError(
+                f"int8 calibration: dataset '{name}' (dataloader.train.dataset.names) cannot be loaded: {exc}. "
+                "Pass calibration=<folder of images / a video's frames> (a video model reads the folder "
+                "as one video, frames in name order), or prepare the dataset (datasets/README.md)."
+            ) from exc
+        files += [d["file_name"] for d in records]
         if len(files) >= num_images:
             break
     if not files:
