@@ -61,13 +61,16 @@ PURE_PACKAGES = (  # py3-none-any wheels: any platform
     "fvcore", "iopath", "omegaconf", "hydra-core", "antlr4-python3-runtime", "yacs", "tabulate",
     "termcolor", "cloudpickle", "portalocker", "tqdm", "packaging",
     "pytest", "iniconfig", "pluggy", "pygments", "onnxscript", "onnx-ir",
+    "click", "mypy-extensions", "pathspec", "platformdirs",  # black's: Detectron2 requires it
 )
-BINARY_PACKAGES = ("pycocotools", "faster-coco-eval", "PyYAML", "ml_dtypes")  # cp312 manylinux
+BINARY_PACKAGES = ("pycocotools", "faster-coco-eval", "PyYAML", "ml_dtypes", "black", "pytokens")  # cp312 manylinux
 GPU_MACHINE_HAS = (  # seen on the lent GPU machine; not carried
     "torch", "torchvision", "numpy", "Pillow", "opencv-python-headless", "onnx", "onnxruntime", "tensorboard",
     "matplotlib", "scipy", "sympy", "typing_extensions",
 )
-NOT_CARRIED = {"black": "imported only by LazyConfig.to_py (pretty-printing a config), which no step calls"}
+# Nothing left out: black (only LazyConfig.to_py pretty-prints with it) is carried, ~2.5 MB with
+# its deps, so that a resolving `pip install --no-index --find-links wheelhouse detectron2` works too.
+NOT_CARRIED: Dict[str, str] = {}
 SDIST_ONLY = ("fvcore", "antlr4-python3-runtime")  # no wheel on the registry: built here
 PLATFORM_ARGS = (
     "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
