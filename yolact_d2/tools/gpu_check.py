@@ -34,10 +34,12 @@ the reason; the JSON is rewritten after every step, so a killed check still leav
   benchmark_ops   tools/benchmark_ops.py --device cuda (last)
 
 --dry-run runs every step on CPU (device=cpu on both sides of each comparison, 3 training
-iterations without AMP, one-round benchmarks) and reports each CUDA call as skipped with the reason.
+iterations without AMP, one-round benchmarks at a 96x128 image and 192 input; the fp16 + bf16
+benchmarks are skipped) and reports each CUDA call as skipped with the reason.
 Results: <output>/gpu_check.json (one entry per step: status passed/failed/skipped, reason,
-seconds, figures) and <output>/gpu_check.log (every subprocess's output). Exit status 0 when no
-step failed.
+seconds, figures; `not_run_yet`: the planned steps not reached; `fps_batch1`: the benchmarks'
+batch-1 images/s by config) and <output>/gpu_check.log (every subprocess's output). Exit status 0
+when no step failed.
 """
 import argparse
 import glob
