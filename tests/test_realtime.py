@@ -6,7 +6,8 @@ kernels), same model and weights, called on the same batches. On the CPU the fas
 without CUDA graphs (its CPU form) and must give the eager detections bit for bit in fp32.
 The tests named *cuda* run on a GPU machine (tools/gpu_check.py's op_tests step) and are skipped
 here with the reason; without one, the graph's forward runs on fake CUDA tensors, where any
-data-dependent shape or host read (which a CUDA graph cannot capture) raises.
+data-dependent shape or host read (which a CUDA graph cannot capture) raises, and no op may read a
+host tensor (e.g. a list index copied to the device at each call: the BGR -> RGB flip was one).
 """
 import os
 
