@@ -103,3 +103,16 @@ def test_spa_hand_computed():
     for out, x, lat, conv in ((out4, p4, lat4, spa.refine_convs[0][0]), (out5, p5, lat5, spa.refine_convs[1][0])):
         want = x + F.leaky_relu(F.conv2d(torch.cat([x, lat], 1), conv.weight, conv.bias, padding=1), 0.1)
         torch.testing.assert_close(out, want)
+
+
+def test_spa_zero_init_starts_as_identity_and_learns():
+    """zero_init: the refine convs are zero, so SPA returns its inputs unchanged, yet the convs get a
+    gradient (LeakyReLU's slope 0.1 at 0), so training can move away from the identity."""
+    torch.manual_seed(0)
+    spa = SPA(channels=4, num_levels=2, zero_init=True)
+    lateral, p4, p5 = torch.randn(2, 4, 12, 12), torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)
+    out4, out5 = spa(lateral, [p4, p5])
+    assert torch.equal(out4, p4) and torch.equal(out5, p5)
+    (out4.square().sum() + out5.square().sum()).backward()
+    for refine in spa.refine_convs:
+        assert refine[0].weight.grad.abs().max() > 0 and refine[0].bias.grad.abs().max() > 0

@@ -97,9 +97,12 @@ class SPA(nn.Module):
     refine_convs[i]: 3x3 conv (2C -> C) + LeakyReLU(0.1). The lateral is resized step by step
     (to P4's size, then that to P5's), as official.
     normalized: official `use_normalized_spa` (L2-normalise both inputs first; off in the vid configs).
+    zero_init: beyond official (False: random init): the refine convs start at zero, so SPA starts as
+        the identity and training can only move the warped maps away from the unwarped ones where that
+        helps; with random init a short (CPU) schedule leaves them worse than no SPA at all.
     """
 
-    def __init__(self, channels: int = 256, num_levels: int = 2, normalized: bool = False):
+    def __init__(self, channels: int = 256, num_levels: int = 2, normalized: bool = False, zero_init: bool = False):
         super().__init__()
         self.normalized = normalized
         self.refine_convs = nn.ModuleList(
@@ -108,6 +111,10 @@ class SPA(nn.Module):
                 for _ in range(num_levels)
             ]
         )
+        if zero_init:
+            for refine in self.refine_convs:
+                nn.init.zeros_(refine[0].weight)
+                nn.init.zeros_(refine[0].bias)
 
     def forward(self, lateral: torch.Tensor, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         out = []
