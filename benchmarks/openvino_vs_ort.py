@@ -24,6 +24,12 @@ then the config's own initialisation, as tools/benchmark.py builds ours), batch 
 Everything it builds (seeded weights, calibration images, int8 / NNCF models) is cached under
 --work (default output/openvino_vs_ort/). The machine is shared: compare medians of the same
 rounds and the best-of figures, not single runs.
+
+Result on 2026-12-01 (openvino_vs_ort_2026-12-01.txt, 2 threads; _1thread.txt): no OpenVINO engine
+beat ONNX Runtime QDQ int8 by the 10% that would make it a yolact_d2 runtime (NNCF 3% / 8% faster
+network / end to end at 2 threads, 0.12 lower mask AP; OpenVINO on our QDQ graph 17% slower), fp32
+tied; OpenVINO bf16 beat our PyTorch bf16 by 30-40% at 2 threads on the loaded machine but by only
+5-9% at 1 thread, so most of that gap is thread scheduling under load (README, "int8").
 """
 import argparse
 import copy
@@ -331,7 +337,8 @@ def main(argv=None) -> int:
 
     import onnxruntime
 
-    out(f"openvino_vs_ort, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.processor() or platform.machine()}, "
+    cpu = platform.processor() or platform.machine()
+    out(f"openvino_vs_ort, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu}, "
         f"{os.cpu_count()} cores; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino "
         f"{ov.__version__}, nncf {nncf.__version__}")
     core = ov.Core()

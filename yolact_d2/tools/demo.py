@@ -200,7 +200,8 @@ def run_image(predictor, path, out_path):
         raise InputError(f"OpenCV cannot read the image '{path}' (damaged, or not an image?)")
     start = time.perf_counter()
     # a VideoPredictor (int8 YolactEdge video config): a still is its own keyframe, never warped
-    instances = (predictor(image, keyframe=True) if hasattr(predictor, "last_was_keyframe") else predictor(image)).to("cpu")
+    still = {"keyframe": True} if hasattr(predictor, "last_was_keyframe") else {}
+    instances = predictor(image, **still).to("cpu")
     elapsed = time.perf_counter() - start
     names = predictor.metadata.thing_classes
     print(f"{path}: {len(instances)} detections in {elapsed:.2f} s: {describe(instances, names)}")
