@@ -112,6 +112,7 @@ def _mask_iou(a, b):
 def compare(got, want, max_detections: int) -> dict:
     """Match exported rows `got` to reference rows `want` (Instances); the figures of the table."""
     iou = _mask_iou(want.pred_masks, got.pred_masks)  # (want, got)
+    box_diff = (want.pred_boxes.tensor[:, None] - got.pred_boxes.tensor[None]).abs().amax(dim=2)  # (want, got)
     same = (want.pred_classes[:, None] == got.pred_classes[None, :]) & (
         (want.scores[:, None] - got.scores[None, :]).abs() <= SCORE_TOL)
     cut = float(want.scores.min()) + SCORE_TOL if len(want) == max_detections else -1.0
@@ -124,10 +125,11 @@ def compare(got, want, max_detections: int) -> dict:
             else:
                 unmatched += 1
             continue
-        # the candidate with the closest score among those whose mask agrees: neighbours of one class
-        # can lie within SCORE_TOL of each other with near-equal masks (the largest IoU alone then
-        # takes a later row's partner)
-        j = max(candidates, key=lambda j: (float(iou[i, j]) >= MASK_IOU, -abs(float(want.scores[i] - got.scores[j]))))
+        # the candidate with the closest score among those whose mask and box agree: neighbours of
+        # one class can lie within SCORE_TOL of each other with equal masks (the largest IoU alone
+        # then takes a later row's partner)
+        j = max(candidates, key=lambda j: (bool(iou[i, j] >= MASK_IOU) and bool(box_diff[i, j] <= BOX_TOL),
+                                           -abs(float(want.scores[i] - got.scores[j]))))
         used.add(j)
         pairs.append((i, j))
     wi = torch.tensor([p[0] for p in pairs], dtype=torch.long)
@@ -137,13 +139,13 @@ def compare(got, want, max_detections: int) -> dict:
         diffs.append((want.mask_scores[wi] - got.mask_scores[gi]).abs() if got.has("mask_scores")
                      else torch.full((len(pairs),), float("inf")))
     score_diff = float(torch.cat(diffs).max()) if pairs else 0.0
-    box_diff = float((want.pred_boxes.tensor[wi] - got.pred_boxes.tensor[gi]).abs().max()) if pairs else 0.0
+    max_box_diff = float(box_diff[wi, gi].max()) if pairs else 0.0
     min_iou = float(iou[wi, gi].min()) if pairs else 1.0
     classes_equal = unmatched == 0 and len(got) == len(want)
     return {
         "detections": len(want), "exported": len(got), "classes_equal": classes_equal, "tie_at_cut": tie_at_cut,
-        "max_score_diff": score_diff, "min_mask_iou": min_iou, "max_box_diff": box_diff,
-        "same": classes_equal and score_diff <= SCORE_TOL and min_iou >= MASK_IOU and box_diff <= BOX_TOL,
+        "max_score_diff": score_diff, "min_mask_iou": min_iou, "max_box_diff": max_box_diff,
+        "same": classes_equal and score_diff <= SCORE_TOL and min_iou >= MASK_IOU and max_box_diff <= BOX_TOL,
     }
 
 
@@ -219,7 +221,7 @@ def check_config(path: str) -> dict:
         graphs, reports = (check_video if video else check_image)(reference, folded, folder)
     row = merge(reports)
     row.update(config=os.path.relpath(path, os.path.join(REPO, "configs")), graphs=graphs,
-               input_size=int(reference.input_size), spread={k: round(v, 4) for k, v in factors.items()},
+               input_size=int(reference.input_size), spread={k: float(f"{v:.3g}") for k, v in factors.items()},
                seconds=round(time.perf_counter() - start, 1))
     return row
 
