@@ -184,3 +184,43 @@ def test_export_tool_torchscript_verify(state, tmp_path):
     with torch.no_grad():
         boxes, scores, classes, masks, counts = loaded(batch)
     assert masks.shape[-2:] == (100, 140) and torch.equal(counts[0], counts[1])
+
+
+def _instances(rows, size=(8, 8)):
+    """Instances from (class, score, x0) rows: box and mask a 2x2 square at column x0."""
+    from detectron2.structures import Boxes, Instances
+
+    inst = Instances(size)
+    inst.pred_classes = torch.tensor([r[0] for r in rows])
+    inst.scores = torch.tensor([r[1] for r in rows])
+    inst.pred_boxes = Boxes(torch.tensor([[float(r[2]), 0.0, r[2] + 2.0, 2.0] for r in rows]))
+    masks = torch.zeros(len(rows), *size, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        masks[i, :2, r[2]:r[2] + 2] = True
+    inst.pred_masks = masks
+    return inst
+
+
+def test_check_all_exports_matcher():
+    """scripts/check_all_exports.py's row matcher on hand-made detections: a near-tied pair of one
+    class swapped by the runtime is the same detections; a moved box or a missing row is not; a
+    row swapped for another of the cut's score when max_detections is full is a tie at the cut."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_all_exports", os.path.join(fx.REPO, "scripts",
+                                                                                   "check_all_exports.py"))
+    ce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ce)
+    want = _instances([(1, 0.50005, 0), (1, 0.50000, 3), (2, 0.3, 6)])
+    swapped = _instances([(1, 0.50001, 3), (1, 0.50004, 0), (2, 0.3, 6)])  # within 1e-4: order by rounding
+    report = ce.compare(swapped, want, max_detections=100)
+    assert report["same"] and report["max_box_diff"] == 0 and report["min_mask_iou"] == 1.0
+    assert report["max_score_diff"] == pytest.approx(1e-5, abs=1e-7)
+    moved = ce.compare(_instances([(1, 0.50005, 1), (1, 0.5, 3), (2, 0.3, 6)]), want, max_detections=100)
+    assert not moved["same"] and moved["min_mask_iou"] == pytest.approx(1 / 3)  # 2x2 squares 1 px apart: 2 / 6
+    missing = ce.compare(_instances([(1, 0.50005, 0), (1, 0.5, 3)]), want, max_detections=100)
+    assert not missing["same"] and not missing["classes_equal"]
+    at_cut = ce.compare(_instances([(1, 0.50005, 0), (1, 0.5, 3), (3, 0.30002, 5)]), want, max_detections=3)
+    assert at_cut["same"] and at_cut["tie_at_cut"] == 1
+    assert set(map(os.path.basename, ce.model_configs())) >= {"yolact_R_50_FPN_550.py", "video_finetune.py"}
+    assert not [p for p in ce.model_configs() if os.sep + "common" + os.sep in p]
