@@ -207,8 +207,8 @@ def test_exact_flow_warp_moves_trained_p4_p5_onto_the_target_and_its_negation_aw
     """The main job's trained image model. Measured: P4 warped 0.798, unwarped 0.587, negated 0.514;
     P5 0.816 / 0.727 / 0.708."""
     model = small_model("video").eval()
-    # The image parts must all load; only the flow net (unused here) is missing.
-    YolactCheckpointer(model, init_may_miss=[r"^flow_net\."]).resume_or_load(MAIN_JOB_MODEL, resume=False)
+    # The image parts must all load; only the flow net (unused here) and SPA (zero-init: the identity) are missing.
+    YolactCheckpointer(model, init_may_miss=[r"^flow_net\.", r"^spa\."]).resume_or_load(MAIN_JOB_MODEL, resume=False)
     cos, _ = exact_flow_transfer_cosines(model, tmp_path / "ms")
     for level in ("P4", "P5"):
         assert cos[(level, "warped")] > cos[(level, "unwarped")] + 0.05, cos
@@ -261,7 +261,7 @@ def test_frozen_parts_stay_bit_identical(stage):
         assert trained_keys == {n for n, _ in model.named_parameters() if n.startswith("flow_net.")}
         assert set(losses) == {"loss_flow"}
     else:
-        assert {n.split(".")[0] for n in trained_keys} == {"backbone", "protonet", "head", "semantic_seg_conv", "flow_net"}
+        assert {n.split(".")[0] for n in trained_keys} == {"backbone", "protonet", "head", "semantic_seg_conv", "flow_net", "spa"}
         assert not any(n.startswith(("backbone.bottom_up.", "backbone.lateral_convs.")) for n in trained_keys)
         assert {"loss_box", "loss_cls", "loss_mask", "loss_semseg", "loss_feature_match", "loss_box_full"} <= set(losses)
     # the flow net's prediction convs change; the scale/bias of the unused finest level may not
@@ -269,6 +269,7 @@ def test_frozen_parts_stay_bit_identical(stage):
     assert any(k.startswith("flow_net.pred2.flow") for k in changed)
     if stage == "video":
         assert any(k.startswith("head.") for k in changed) and any(k.startswith("backbone.output_convs") for k in changed)
+        assert any(k.startswith("spa.") for k in changed)  # zero-init SPA learns (its convs get a gradient)
 
 
 def _prefixes(model, modules):

@@ -41,8 +41,8 @@ from yolact_d2.evaluation import FlowEPEEvaluator, VideoEvaluator
 # feature transfer to gain at the 8x8 P4 / 4x4 P5 grids: warping the main job model's keyframe P4/P5
 # by the EXACT flow raises their cosine to the recomputed maps by only +0.0009 / +0.0003.
 # MOVING_SHAPES_FAST is a set where transfer matters (exact-flow warping: +0.020 / +0.006), but the
-# flow net does not learn its flow in a CPU schedule yet (it collapses to zero flow; see the README's
-# Video section), so it is not the default.
+# official-EPE flow net collapses to zero flow there (the squared EPE of flow_pretrain_fast.py learns
+# it; see the README's Video section), and the default set already meets the video targets.
 MOVING_SHAPES = dict(num_train_clips=80, num_val_clips=10, num_frames=20, image_size=128, seed=0)
 MOVING_SHAPES_FAST = dict(MOVING_SHAPES, max_speed=10.0, min_size=0.3, max_size=0.5, leave_prob=0.05,
                           enter_prob=0.05)
