@@ -204,7 +204,8 @@ def _instances(rows, size=(8, 8)):
 def test_check_all_exports_matcher():
     """scripts/check_all_exports.py's row matcher on hand-made detections: a near-tied pair of one
     class swapped by the runtime is the same detections; a moved box or a missing row is not; a
-    row swapped for another of the cut's score when max_detections is full is a tie at the cut."""
+    row swapped for another of the cut's score when max_detections is full is a tie at the cut; a
+    pixel at the mask threshold is left out of the IoU."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("check_all_exports", os.path.join(fx.REPO, "scripts",
@@ -222,5 +223,12 @@ def test_check_all_exports_matcher():
     assert not missing["same"] and not missing["classes_equal"]
     at_cut = ce.compare(_instances([(1, 0.50005, 0), (1, 0.5, 3), (3, 0.30002, 5)]), want, max_detections=3)
     assert at_cut["same"] and at_cut["tie_at_cut"] == 1
+    flipped = _instances([(1, 0.50005, 0), (1, 0.5, 3), (2, 0.3, 6)])
+    flipped.pred_masks[2, 2, 6] = True  # one pixel more: IoU 4 / 5
+    assert not ce.compare(flipped, want, max_detections=100)["same"]
+    want.near_threshold = torch.zeros_like(want.pred_masks)
+    want.near_threshold[2, 2, 6] = True  # ... at a pixel whose probability is at the threshold: left out
+    report = ce.compare(flipped, want, max_detections=100)
+    assert report["same"] and report["min_mask_iou"] == 1.0 and report["min_mask_iou_all_pixels"] == pytest.approx(0.8)
     assert set(map(os.path.basename, ce.model_configs())) >= {"yolact_R_50_FPN_550.py", "video_finetune.py"}
     assert not [p for p in ce.model_configs() if os.sep + "common" + os.sep in p]
