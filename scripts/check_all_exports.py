@@ -45,8 +45,8 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))  # the suite's seeded weights and images
 import inference_fixtures as fx  # noqa: E402
+from yolact_d2.deploy.agreement import compare_detections as compare  # noqa: E402
 
-SCORE_TOL, MASK_IOU, BOX_TOL = 1e-4, 0.99, 1.0
 MASK_EPS = 1e-6  # mask probabilities this close to the threshold: float rounding decides (16 ulp at 0.5)
 IMAGE_SIZE = (120, 160)  # not the network input size: the graph resizes, as the model does
 SPREAD_BAND, SPREAD_TARGET = (0.1, 1.0), 0.25
@@ -105,15 +105,6 @@ def spread_head(model, state, image):
     return factors
 
 
-def _mask_iou(a, b, ignore=None):
-    """(len(a), len(b)) mask IoU; `ignore` (like a): pixels of each row of `a` left out."""
-    keep = torch.ones_like(a) if ignore is None else ~ignore
-    a, b, keep = a.flatten(1).float(), b.flatten(1).float(), keep.flatten(1).float()
-    inter = (a * keep) @ b.t()
-    union = (a * keep).sum(1)[:, None] + keep @ b.t() - inter
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-
-
 def with_threshold_pixels(post_processor, infer):
     """infer() -> Instances (a list) of the PyTorch model, each with `near_threshold`: the pixels
     whose mask probability lies within MASK_EPS of mask_threshold (the same model's masks at the
@@ -131,49 +122,6 @@ def with_threshold_pixels(post_processor, infer):
         assert torch.equal(want.scores, lower.scores) and torch.equal(want.scores, upper.scores)
         want.near_threshold = lower.pred_masks & ~upper.pred_masks
     return wants
-
-
-def compare(got, want, max_detections: int) -> dict:
-    """Match exported rows `got` to reference rows `want` (Instances); the figures of the table."""
-    raw_iou = _mask_iou(want.pred_masks, got.pred_masks)  # (want, got)
-    iou = _mask_iou(want.pred_masks, got.pred_masks, want.near_threshold) if want.has("near_threshold") else raw_iou
-    box_diff = (want.pred_boxes.tensor[:, None] - got.pred_boxes.tensor[None]).abs().amax(dim=2)  # (want, got)
-    same = (want.pred_classes[:, None] == got.pred_classes[None, :]) & (
-        (want.scores[:, None] - got.scores[None, :]).abs() <= SCORE_TOL)
-    cut = float(want.scores.min()) + SCORE_TOL if len(want) == max_detections else -1.0
-    used, pairs, unmatched, tie_at_cut = set(), [], 0, 0
-    for i in range(len(want)):
-        candidates = [j for j in same[i].nonzero().flatten().tolist() if j not in used]
-        if not candidates:
-            if float(want.scores[i]) <= cut:
-                tie_at_cut += 1
-            else:
-                unmatched += 1
-            continue
-        # the candidate with the closest score among those whose mask and box agree: neighbours of
-        # one class can lie within SCORE_TOL of each other with equal masks (the largest IoU alone
-        # then takes a later row's partner)
-        j = max(candidates, key=lambda j: (bool(iou[i, j] >= MASK_IOU) and bool(box_diff[i, j] <= BOX_TOL),
-                                           -abs(float(want.scores[i] - got.scores[j]))))
-        used.add(j)
-        pairs.append((i, j))
-    wi = torch.tensor([p[0] for p in pairs], dtype=torch.long)
-    gi = torch.tensor([p[1] for p in pairs], dtype=torch.long)
-    diffs = [(want.scores[wi] - got.scores[gi]).abs()]
-    if want.has("mask_scores"):
-        diffs.append((want.mask_scores[wi] - got.mask_scores[gi]).abs() if got.has("mask_scores")
-                     else torch.full((len(pairs),), float("inf")))
-    score_diff = float(torch.cat(diffs).max()) if pairs else 0.0
-    max_box_diff = float(box_diff[wi, gi].max()) if pairs else 0.0
-    min_iou = float(iou[wi, gi].min()) if pairs else 1.0
-    min_raw_iou = float(raw_iou[wi, gi].min()) if pairs else 1.0
-    classes_equal = unmatched == 0 and len(got) == len(want)
-    return {
-        "detections": len(want), "exported": len(got), "classes_equal": classes_equal, "tie_at_cut": tie_at_cut,
-        "max_score_diff": score_diff, "min_mask_iou": min_iou, "min_mask_iou_all_pixels": min_raw_iou,
-        "max_box_diff": max_box_diff,
-        "same": classes_equal and score_diff <= SCORE_TOL and min_iou >= MASK_IOU and max_box_diff <= BOX_TOL,
-    }
 
 
 def merge(reports):

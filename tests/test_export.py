@@ -202,7 +202,8 @@ def _instances(rows, size=(8, 8)):
 
 
 def test_check_all_exports_matcher():
-    """scripts/check_all_exports.py's row matcher on hand-made detections: a near-tied pair of one
+    """The row matcher (yolact_d2.deploy.agreement, which check_all_exports and export_model --verify
+    use) on hand-made detections: a near-tied pair of one
     class swapped by the runtime is the same detections; a moved box or a missing row is not; a
     row swapped for another of the cut's score when max_detections is full is a tie at the cut; a
     pixel at the mask threshold is left out of the IoU."""

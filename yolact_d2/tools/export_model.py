@@ -23,7 +23,9 @@ A YolactEdge video config (configs/yolact_edge/yolact_edge_vid_*.py) exports as 
     #    edge.warped.onnx   (image + that state -> detections + flow_current, flow)
 
 --verify then checks the keyframe graph on the image and the non-keyframe graph on the image
-shifted by a few pixels (warped from the keyframe's state) against the PyTorch model.
+shifted by a few pixels (warped from the keyframe's state) against the PyTorch model: the same
+detections by `yolact_d2.deploy.agreement` (rows matched by class, score, mask and box; scores within
+1e-4, mask IoU >= 0.99, boxes within 1 px).
 """
 import argparse
 import os
@@ -32,6 +34,8 @@ import time
 
 import numpy as np
 import torch
+
+from yolact_d2.deploy.agreement import compare_detections
 
 FORMATS = ("onnx", "torchscript", "torch_export")
 
@@ -50,49 +54,6 @@ def parse_args(argv=None):
                    help="run the exported model and the PyTorch Predictor on this image and compare")
     p.add_argument("--opts", nargs="*", default=[], help="LazyConfig overrides key=value")
     return p.parse_args(argv)
-
-
-def _match(exported, reference, score_tol: float = 1e-4):
-    """Pairs (i, j) of exported / reference rows: row i takes the unused reference row of its class
-    whose score is within score_tol and whose mask overlaps it most. Row-by-row comparison would
-    fail on near-equal scores, which runtimes order differently (TopK vs the eager stable sort)."""
-    a, b = exported.pred_masks.flatten(1).float(), reference.pred_masks.flatten(1).float()
-    inter = a @ b.t()
-    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    ok = (exported.pred_classes[:, None] == reference.pred_classes[None, :]) & (
-        (exported.scores[:, None] - reference.scores[None, :]).abs() <= score_tol
-    )
-    pairs, used = [], set()
-    for i in range(len(exported)):
-        cands = [j for j in ok[i].nonzero().flatten().tolist() if j not in used]
-        if cands:
-            j = max(cands, key=lambda j: (float(iou[i, j]), -abs(i - j)))
-            used.add(j)
-            pairs.append((i, j, float(iou[i, j])))
-    return pairs
-
-
-def compare(exported, reference) -> dict:
-    """Same detections? classes equal, max score difference, min mask IoU over matched rows."""
-    n = min(len(exported), len(reference))
-    pairs = _match(exported, reference)
-    same_classes = len(exported) == len(reference) == len(pairs)
-    ei = torch.tensor([p[0] for p in pairs], dtype=torch.long)
-    ri = torch.tensor([p[1] for p in pairs], dtype=torch.long)
-    score_diff = float((exported.scores[ei] - reference.scores[ri]).abs().max()) if pairs else 0.0
-    mask_score_diff = 0.0
-    if pairs and reference.has("mask_scores"):  # YOLACT++: the re-scored mask confidences too
-        if not exported.has("mask_scores"):
-            mask_score_diff = float("inf")
-        else:
-            mask_score_diff = float((exported.mask_scores[ei] - reference.mask_scores[ri]).abs().max())
-    return {
-        "detections": [len(exported), len(reference)],
-        "classes_equal": bool(same_classes),
-        "max_score_diff": max(score_diff, mask_score_diff),
-        "min_mask_iou": min(p[2] for p in pairs) if pairs else (1.0 if n == 0 else 0.0),
-    }
 
 
 def video_paths(output: str):
@@ -128,10 +89,9 @@ def export_video(args, model, image) -> int:
     got_warped, _ = runner.warped(frames["warped"], onnx_state)
     ok = True
     for kind, got, want in (("keyframe", got_key, want_key), ("warped", got_warped, want_warped)):
-        report = compare(got, want[0]["instances"])
-        same = report["classes_equal"] and report["max_score_diff"] <= 1e-4 and report["min_mask_iou"] >= 0.99
-        print(f"verify {kind}:", report, "same detections" if same else "DIFFERENT detections")
-        ok = ok and same
+        report = compare_detections(got, want[0]["instances"], model.post_processor.max_detections)
+        print(f"verify {kind}:", report, "same detections" if report["same"] else "DIFFERENT detections")
+        ok = ok and report["same"]
     return 0 if ok else 2
 
 
@@ -183,11 +143,10 @@ def main(argv=None) -> int:
             batch = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
             with torch.no_grad():
                 exported = outputs_to_instances(loaded(batch), image.shape[:2])[0]
-        report = compare(exported, reference)
+        report = compare_detections(exported, reference, model.post_processor.max_detections)
         print("verify:", report)
-        ok = report["classes_equal"] and report["max_score_diff"] <= 1e-4 and report["min_mask_iou"] >= 0.99
-        print("verify: " + ("same detections" if ok else "DIFFERENT detections"))
-        return 0 if ok else 2
+        print("verify: " + ("same detections" if report["same"] else "DIFFERENT detections"))
+        return 0 if report["same"] else 2
     return 0
 
 
