@@ -33,9 +33,10 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from yolact_d2.deploy.video_export import shifted  # the non-keyframe image: a panning camera's next frame
+
 KEYFRAME_STAGES = ("preprocess", "backbone", "fpn_phase1", "rest")
 WARPED_STAGES = ("preprocess", "partial_backbone", "flow", "warp", "rest")
-from yolact_d2.deploy.video_export import CAMERA_SHIFT  # (dy, dx) pixels between keyframe and non-keyframe
 
 
 class EdgeStages:
@@ -86,13 +87,6 @@ class EdgeStages:
             timer.once("key:" + stage, getattr(self, "key_" + stage))
         for stage in WARPED_STAGES:
             timer.once("warped:" + stage, getattr(self, "warped_" + stage))
-
-
-def shifted(image: np.ndarray, shift=CAMERA_SHIFT) -> np.ndarray:
-    """The image moved by (dy, dx) pixels (wrapping round): the next frame of a panning camera."""
-    from yolact_d2.deploy.video_export import shifted as shift_image
-
-    return shift_image(image, shift)
 
 
 def build_same_backbone_yolact(args, fp16: bool):
