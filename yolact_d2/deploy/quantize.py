@@ -58,6 +58,7 @@ VIDEO_PARTS = PARTS + ("flow_net", "spa")
 # runs ~1.2x faster with it (653 vs 806 ms, fp32 2289 ms, on a busy 2-core CPU). YolactEdge's
 # recipe stays one argument away: parts=("backbone", "protonet").
 DEFAULT_INT8_PARTS = PARTS
+DEFAULT_CALIBRATION_IMAGES = 100  # images (or a video's frames) the activation ranges are taken over
 # Video: the image default plus the flow net, which YolactEdge's vid config runs at int8
 # (torch2trt_flow_net_int8); SPA stays float as there (torch2trt_spa_int8=False). Not measured for
 # accuracy: no trained video model exists here (see the README's int8 video figures for speed).
@@ -182,7 +183,7 @@ def quantize_onnx_int8(
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def calibration_files(cfg, calibration: Optional[str], num_images: int = 100) -> List[str]:
+def calibration_files(cfg, calibration: Optional[str], num_images: int = DEFAULT_CALIBRATION_IMAGES) -> List[str]:
     """Image files to calibrate on: the first `num_images` of a folder (sorted names), or, with
     None, of the config's training dataset (dataloader.train.dataset.names, DatasetCatalog)."""
     if calibration is not None:
@@ -319,7 +320,7 @@ def int8_model_path(
     model,
     weights: Optional[str],
     calibration: Optional[str] = None,
-    num_images: int = 100,
+    num_images: int = DEFAULT_CALIBRATION_IMAGES,
     parts: Sequence[str] = DEFAULT_INT8_PARTS,
 ) -> str:
     """Predictor / evaluation entry: the calibrated int8 ONNX for (config, weights, calibration),
@@ -426,7 +427,7 @@ def video_int8_model_paths(
     model,
     weights: Optional[str],
     calibration: Optional[str] = None,
-    num_images: int = 100,
+    num_images: int = DEFAULT_CALIBRATION_IMAGES,
     parts: Sequence[str] = DEFAULT_VIDEO_INT8_PARTS,
 ):
     """VideoPredictor entry: the calibrated int8 (keyframe, non-keyframe) graphs for (config,

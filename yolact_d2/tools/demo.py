@@ -350,13 +350,12 @@ def is_video_config(cfg) -> bool:
     return cfg.model.get("flow_net") is not None
 
 
-CALIBRATION_FRAMES = 100  # what the int8 path calibrates on (deploy.quantize.calibration_files' default)
 
 
 @contextlib.contextmanager
 def calibration_folder(path: Optional[str]):
     """--calibration as the folder the int8 Predictors read: a folder as it is, a video file as its
-    first CALIBRATION_FRAMES frames written to a temporary folder (PNG, name order = frame order;
+    first DEFAULT_CALIBRATION_IMAGES frames written to a temporary folder (PNG, name order = frame order;
     the same frames give the same bytes, so the int8 cache next to the weights is reused)."""
     if path is None or os.path.isdir(path):
         yield path
@@ -368,10 +367,12 @@ def calibration_folder(path: Optional[str]):
                          "give a video file or a folder of images.")
     import cv2
 
+    from yolact_d2.deploy.quantize import DEFAULT_CALIBRATION_IMAGES
+
     cap = cv2.VideoCapture(path)
     with tempfile.TemporaryDirectory(prefix="yolact_demo_calib_") as folder:
         frames = 0
-        while frames < CALIBRATION_FRAMES:
+        while frames < DEFAULT_CALIBRATION_IMAGES:
             ok, frame = cap.read()
             if not ok:
                 break
