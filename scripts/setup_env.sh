@@ -37,6 +37,16 @@ file_hash() { { cat "$@" 2>/dev/null || true; } | sha256sum | cut -d' ' -f1; }
 REQ_HASH=$(file_hash requirements.txt)
 EXT_HASH=$(file_hash setup.py yolact_d2/layers/csrc/*)
 
+# torch's CUDA build alone unpacks to ~5.5 GB: say so up front instead of pip's ENOSPC half-way.
+NEED_MB=${YOLACT_D2_NEED_MB:-7000}
+if ! { [ -x "$PY" ] && has_modules torch torchvision; }; then
+  mkdir -p "$(dirname "$VENV")"
+  FREE_MB=$(df -Pm "$(dirname "$VENV")" | awk 'NR==2 {print $4}')
+  if [ "${FREE_MB:-0}" -lt "$NEED_MB" ]; then
+    echo "[setup] FAILED: only ${FREE_MB} MB free on the disk of $(dirname "$VENV"); the set-up needs about ${NEED_MB} MB (torch + torchvision CUDA build ~5.5 GB, Detectron2 and the rest ~1 GB). Free some space or point YOLACT_D2_VENV at a larger disk." >&2
+    exit 1
+  fi
+fi
 step "virtual environment ($VENV)" "[ -x '$PY' ]" "python3 -m venv '$VENV' && pip_q --upgrade pip"
 step "torch + torchvision ($TORCH_SPEC)" "has_modules torch torchvision" "pip_q $TORCH_SPEC"
 # An installed detectron2 (e.g. upstream main built from source) is kept and used; one of our
