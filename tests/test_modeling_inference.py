@@ -155,16 +155,23 @@ def test_standard_nms_uses_the_official_plus_one_pixel_iou():
 
 
 def test_windowed_mask_paste_equals_full_upsampling():
-    """The CPU fast path (upsample each cropped mask only where it can be non-zero) gives exactly
-    the official full-image bilinear upsampling + threshold, also when shrinking."""
+    """The CPU fast path (upsample each cropped mask only where it can be non-zero), compiled kernel
+    and pure-PyTorch reference, gives exactly the official full-image bilinear upsampling +
+    threshold, also when shrinking, for an empty mask and a NaN pixel."""
     import torch.nn.functional as F
 
-    from yolact_d2.layers import crop_masks
-    from yolact_d2.modeling.inference import _paste_in_windows
+    from yolact_d2.layers import backend_info, crop_masks, paste_masks, paste_masks_pytorch
 
+    assert backend_info()["paste_masks"]["cpu"] == "cpu-kernel"
     g = torch.Generator().manual_seed(0)
-    for hp, wp, h, w in [(138, 138, 480, 640), (50, 37, 101, 333), (64, 64, 40, 30), (9, 7, 9, 7)]:
-        masks = crop_masks(torch.sigmoid(3 * torch.randn(6, hp, wp, generator=g)), torch.rand(6, 4, generator=g))
+    for hp, wp, h, w in [(138, 138, 480, 640), (50, 37, 101, 333), (64, 64, 40, 30), (9, 7, 9, 7), (5, 5, 3, 200)]:
+        masks = crop_masks(torch.sigmoid(3 * torch.randn(24, hp, wp, generator=g)), torch.rand(24, 4, generator=g))
         masks[0] = 0  # an empty mask
+        masks[1, hp // 2, wp // 2] = float("nan")
         want = F.interpolate(masks[None], (h, w), mode="bilinear", align_corners=False)[0] > 0.5
-        assert torch.equal(_paste_in_windows(masks, (h, w), 0.5), want), (hp, wp, h, w)
+        assert torch.equal(paste_masks(masks, (h, w), 0.5), want), (hp, wp, h, w)
+        assert torch.equal(paste_masks_pytorch(masks, (h, w), 0.5), want), (hp, wp, h, w)
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        paste_masks(masks, (h, w), -0.1)
+    with pytest.raises(ValueError, match="float32"):
+        paste_masks(masks.double(), (h, w), 0.5)

@@ -146,6 +146,7 @@ def test_compiled_cpu_kernels_are_in_use():
     )
     assert info["fast_nms"]["cpu"] == "cpu-kernel", info
     assert info["crop_masks"]["cpu"] == "cpu-kernel", info
+    assert info["paste_masks"]["cpu"] == "cpu-kernel", info
     assert set(info["fast_nms"].values()) <= {"cpu-kernel", "cuda-kernel", "pytorch"}
 
 
@@ -163,6 +164,7 @@ def test_fallback_warns_once_and_matches(monkeypatch):
     assert backend_info() == {
         "fast_nms": {"cpu": "pytorch", "cuda": "pytorch"},
         "crop_masks": {"cpu": "pytorch", "cuda": "pytorch"},
+        "paste_masks": {"cpu": "pytorch", "cuda": "pytorch"},
     }
     g = torch.Generator().manual_seed(0)
     boxes, scores = random_boxes(30, g), random_scores(3, 30, g)

@@ -119,6 +119,33 @@ def test_only_chosen_parts_are_int8(tiny_weights, int8_predictor):
     assert _int8_by_part(edge.int8_path) == {"backbone": {True}, "protonet": {True}, "fpn": {False}, "head": {False}}
 
 
+def test_follower_nodes_take_the_part_of_the_conv_upstream():
+    """Hand-made graph: a Relu / MaxPool goes int8 with the nearest Conv upstream of its first
+    input, through weightless ops (Add, Resize), and not with a Conv of another part."""
+    from onnx import helper
+
+    def conv(name, x, y):
+        return helper.make_node("Conv", [x, name + ".weight"], [y], name=name)
+
+    nodes = [
+        conv("c1", "images", "t1"),
+        helper.make_node("Relu", ["t1"], ["t2"], name="r1"),
+        helper.make_node("MaxPool", ["t2"], ["t3"], name="p1", kernel_shape=[3, 3]),
+        conv("c2", "t3", "t4"),
+        helper.make_node("Add", ["t4", "t3"], ["t5"], name="a1"),
+        helper.make_node("Relu", ["t5"], ["t6"], name="r2"),
+        helper.make_node("Resize", ["t6", "", "scales"], ["t7"], name="rs"),
+        helper.make_node("Relu", ["t7"], ["t8"], name="r4"),
+        conv("c3", "t8", "t9"),
+        helper.make_node("Relu", ["t9"], ["t10"], name="r3"),
+        helper.make_node("Relu", ["images"], ["t11"], name="r_input"),  # no Conv upstream
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    assert q.follower_nodes(model, ["c1", "c2"]) == ["r1", "p1", "r2", "r4"]
+    assert q.follower_nodes(model, ["c3"]) == ["r3"]
+    assert q.follower_nodes(model, []) == []
+
+
 def test_cache_reused_and_rebuilt(tiny_weights, int8_predictor, tmp_path, monkeypatch):
     path = int8_predictor.int8_path
     assert os.path.dirname(path) == os.path.dirname(tiny_weights)

@@ -1,7 +1,8 @@
-"""YOLACT's Fast NMS and mask crop: torch-level wrappers, pure-PyTorch reference path, backend report.
+"""YOLACT's Fast NMS, mask crop and mask paste: torch-level wrappers, pure-PyTorch reference path,
+backend report.
 
 The compiled operators live in `yolact_d2._C` (csrc/*.cpp, *.cu) and are registered as
-`torch.ops.yolact_d2.fast_nms` / `torch.ops.yolact_d2.crop_masks`. The wrappers here
+`torch.ops.yolact_d2.fast_nms` / `crop_masks` / `paste_masks` (CPU only). The wrappers here
 validate arguments, then pick:
   * the pure-PyTorch path while exporting to ONNX (it is traceable, the custom op is not);
   * the compiled operator when `yolact_d2._C` is built and has a kernel for the tensor's device;
@@ -31,9 +32,11 @@ import torch
 __all__ = [
     "fast_nms",
     "crop_masks",
+    "paste_masks",
     "backend_info",
     "fast_nms_pytorch",
     "crop_masks_pytorch",
+    "paste_masks_pytorch",
     "box_iou_matrix",
     "top_sorted",
     "suppressed_by_earlier",
@@ -49,13 +52,14 @@ except ImportError as e:  # not built (e.g. `pip install` without a compiler): p
     _C = None
     _EXT_ERROR = e
 
+_OPS = ("fast_nms", "crop_masks", "paste_masks")
 _warned_fallback = set()  # reasons already warned about ("not-built", "cuda")
 
 
 def _query_kernels() -> Dict[Tuple[str, str], bool]:
     """{(op, device type): whether yolact_d2._C registered a kernel for it}, asked once."""
     found = {}
-    for op in ("fast_nms", "crop_masks"):
+    for op in _OPS:
         for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA")):
             found[(op, device_type)] = _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
                 f"yolact_d2::{op}", key
@@ -95,11 +99,11 @@ def _warn_fallback_once(device_type: str) -> None:
 def backend_info() -> Dict[str, Dict[str, str]]:
     """Which implementation each op uses, per device type.
 
-    Returns {"fast_nms": {"cpu": ..., "cuda": ...}, "crop_masks": {...}} where each value is
-    "cpu-kernel", "cuda-kernel" or "pytorch".
+    Returns {"fast_nms": {"cpu": ..., "cuda": ...}, "crop_masks": {...}, "paste_masks": {...}} where
+    each value is "cpu-kernel", "cuda-kernel" or "pytorch" (paste_masks has no CUDA kernel).
     """
     info = {}
-    for op in ("fast_nms", "crop_masks"):
+    for op in _OPS:
         info[op] = {
             "cpu": "cpu-kernel" if _ext_has(op, "cpu") else "pytorch",
             "cuda": "cuda-kernel" if _ext_has(op, "cuda") else "pytorch",
@@ -296,6 +300,65 @@ def crop_masks_pytorch(masks: torch.Tensor, boxes: torch.Tensor, padding: int = 
     return torch.where(inside, masks, masks.new_zeros(()))
 
 
+def _bilinear_taps(in_size: int, out_size: int, device) -> Tuple[torch.Tensor, ...]:
+    """Source indices i0, i1 and weights w0, w1 of each output index, bit-identical to PyTorch's CPU
+    bilinear kernel (align_corners=False): src = max(fma(in / out, dst + 0.5, -0.5), 0) in float32."""
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    # float64 product of float32 values is exact, so one rounding to float32 emulates the fma.
+    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5).double() * scale.double() - 0.5).float().clamp(min=0)
+    i0 = src.long().clamp(max=in_size - 1)
+    w1 = (src - i0).clamp(0, 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    return i0.to(device), i1.to(device), (1 - w1).to(device), w1.to(device)
+
+
+def _lerp(a: torch.Tensor, wa: torch.Tensor, b: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """a * wa + b * wb rounded like PyTorch's kernel, fma(a, wa, b * wb) (float64 emulation)."""
+    return (a.double() * wa.double() + (b * wb).double()).float()
+
+
+def paste_masks_pytorch(masks: torch.Tensor, output_size: Tuple[int, int], threshold: float) -> torch.Tensor:
+    """Same result as upsampling every (cropped) mask to the full image with F.interpolate (bit for
+    bit on this CPU build, which fuses multiply-adds), but each mask is only interpolated over the
+    output window its non-zero prototype pixels reach; outside it the upsampled value is exactly 0
+    (not > threshold). CPU speed-up: cropped masks only cover their box.
+
+    masks: (D, Hp, Wp) probabilities (zero outside the crop) -> (D, height, width) bool; threshold >= 0.
+    The reference for the compiled CPU kernel (csrc/paste_cpu.cpp), which is ~10x faster (no
+    Python loop over detections).
+    """
+    height, width = output_size
+    d, hp, wp = masks.shape
+    masks = masks.float()
+    if (hp, wp) == (height, width):  # F.interpolate copies at the same size
+        return masks > threshold
+    out = torch.zeros((d, height, width), dtype=torch.bool, device=masks.device)
+    y0, y1, hy0, hy1 = _bilinear_taps(hp, height, masks.device)
+    x0, x1, wx0, wx1 = _bilinear_taps(wp, width, masks.device)
+    nonzero = masks != 0
+    rows, cols = nonzero.any(dim=2), nonzero.any(dim=1)  # (D, Hp), (D, Wp)
+    r_lo, r_hi = rows.int().argmax(dim=1), hp - 1 - rows.flip(1).int().argmax(dim=1)
+    c_lo, c_hi = cols.int().argmax(dim=1), wp - 1 - cols.flip(1).int().argmax(dim=1)
+    # Output pixels whose taps touch [lo, hi]: from the first with i1 >= lo to the last with i0 <= hi.
+    ys, ye = torch.searchsorted(y1, r_lo), torch.searchsorted(y0, r_hi, right=True)
+    xs, xe = torch.searchsorted(x1, c_lo), torch.searchsorted(x0, c_hi, right=True)
+    windows = torch.stack([ys, ye, xs, xe], dim=1).tolist()
+    y0_list, y1_list = y0.tolist(), y1.tolist()
+    hy0, hy1 = hy0[:, None], hy1[:, None]
+    for i, (has, (a, b, c, e)) in enumerate(zip(rows.any(dim=1).tolist(), windows)):
+        if not has or a >= b or c >= e:
+            continue
+        top = y0_list[a]
+        m = masks[i, top : y1_list[b - 1] + 1]  # only the prototype rows the window reads
+        # Width first, then height: the order and rounding of PyTorch's bilinear kernel.
+        tmp = _lerp(m.index_select(1, x0[c:e]), wx0[c:e], m.index_select(1, x1[c:e]), wx1[c:e])  # (rows, nx)
+        val = _lerp(
+            tmp.index_select(0, y0[a:b] - top), hy0[a:b], tmp.index_select(0, y1[a:b] - top), hy1[a:b]
+        )  # (ny, nx)
+        torch.gt(val, threshold, out=out[i, a:b, c:e])
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # public ops
 # ----------------------------------------------------------------------------------------------
@@ -346,6 +409,32 @@ def crop_masks(masks: torch.Tensor, boxes: torch.Tensor, padding: int = 1) -> to
     return crop_masks_pytorch(masks, boxes, padding)
 
 
+def paste_masks(masks: torch.Tensor, output_size: Tuple[int, int], threshold: float = 0.5) -> torch.Tensor:
+    """Full-image masks: F.interpolate(masks[None], output_size, mode="bilinear",
+    align_corners=False)[0] > threshold, bit for bit, computed only where each mask can be non-zero.
+
+    Args:
+        masks: (N, Hp, Wp) float32 probabilities, zero outside each detection's crop (crop_masks).
+        output_size: (height, width) of the image.
+        threshold: >= 0 (outside a mask's window the upsampled value is 0).
+    Returns:
+        (N, height, width) bool. The compiled kernel runs on CPU tensors; others take the pure path.
+    """
+    if not (isinstance(masks, torch.Tensor) and masks.dim() == 3 and masks.dtype == torch.float32):
+        raise ValueError(
+            f"paste_masks: masks must be a float32 (N, Hp, Wp) tensor, got "
+            f"{getattr(masks, 'dtype', type(masks).__name__)} {tuple(getattr(masks, 'shape', ()))}"
+        )
+    height, width = int(output_size[0]), int(output_size[1])
+    if height <= 0 or width <= 0:
+        raise ValueError(f"paste_masks: output_size must be positive, got {tuple(output_size)}")
+    if not threshold >= 0:
+        raise ValueError(f"paste_masks: threshold must be >= 0, got {threshold}")
+    if masks.device.type == "cpu" and _use_kernel("paste_masks", masks.device):
+        return torch.ops.yolact_d2.paste_masks(masks, height, width, float(threshold))
+    return paste_masks_pytorch(masks, (height, width), threshold)
+
+
 # ----------------------------------------------------------------------------------------------
 # torch.library registrations of the compiled ops: fake (meta) kernels and crop's autograd
 # ----------------------------------------------------------------------------------------------
@@ -357,6 +446,10 @@ if _C is not None:
         d = ctx.new_dynamic_size(max=max(max_detections, 0))
         idx = boxes.new_empty((d,), dtype=torch.int64)
         return idx, idx.new_empty((d,)), scores.new_empty((d,))
+
+    @torch.library.register_fake("yolact_d2::paste_masks")
+    def _paste_masks_fake(masks, height, width, threshold):
+        return masks.new_empty((masks.shape[0], height, width), dtype=torch.bool)
 
     @torch.library.register_fake("yolact_d2::crop_masks")
     def _crop_masks_fake(masks, boxes, padding):

@@ -12,7 +12,7 @@ from torchvision.ops import batched_nms
 
 from detectron2.structures import Boxes, Instances
 
-from yolact_d2.layers import crop_masks, fast_nms
+from yolact_d2.layers import crop_masks, fast_nms, paste_masks
 
 # Official box variances (center, size); equal to Box2BoxTransform(weights=(10, 10, 5, 5)).
 VARIANCES = (0.1, 0.2)
@@ -188,8 +188,8 @@ class YolactPostProcessor:
         """(D, Hp, Wp) probabilities -> (D, height, width) bool, bilinear, align_corners=False."""
         height, width = output_size
         squashed = tuple(valid_size) == tuple(input_size)
-        if squashed and masks.device.type == "cpu" and masks.shape[0] > 0:
-            return _paste_in_windows(masks, (height, width), self.mask_threshold)
+        if squashed and masks.device.type == "cpu" and masks.shape[0] > 0 and self.mask_threshold >= 0:
+            return paste_masks(masks.float(), (height, width), self.mask_threshold)
         out = torch.zeros((masks.shape[0], height, width), dtype=torch.bool, device=masks.device)
         for start in range(0, masks.shape[0], self.mask_chunk):
             m = masks[start : start + self.mask_chunk].unsqueeze(0)  # (1, d, Hp, Wp)
@@ -200,58 +200,3 @@ class YolactPostProcessor:
             m = F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False)
             out[start : start + self.mask_chunk] = m[0] > self.mask_threshold
         return out
-
-
-def _bilinear_taps(in_size: int, out_size: int, device) -> Tuple[torch.Tensor, ...]:
-    """Source indices i0, i1 and weights w0, w1 of each output index, bit-identical to PyTorch's CPU
-    bilinear kernel (align_corners=False): src = max(fma(in / out, dst + 0.5, -0.5), 0) in float32."""
-    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
-    # float64 product of float32 values is exact, so one rounding to float32 emulates the fma.
-    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5).double() * scale.double() - 0.5).float().clamp(min=0)
-    i0 = src.long().clamp(max=in_size - 1)
-    w1 = (src - i0).clamp(0, 1)
-    i1 = (i0 + 1).clamp(max=in_size - 1)
-    return i0.to(device), i1.to(device), (1 - w1).to(device), w1.to(device)
-
-
-def _lerp(a: torch.Tensor, wa: torch.Tensor, b: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    """a * wa + b * wb rounded like PyTorch's kernel, fma(a, wa, b * wb) (float64 emulation)."""
-    return (a.double() * wa.double() + (b * wb).double()).float()
-
-
-def _paste_in_windows(masks: torch.Tensor, output_size: Tuple[int, int], threshold: float) -> torch.Tensor:
-    """Same result as upsampling every (cropped) mask to the full image with F.interpolate (bit for
-    bit on this CPU build, which fuses multiply-adds), but each mask is only interpolated over the
-    output window its non-zero prototype pixels reach; outside it the upsampled value is exactly 0
-    (not > threshold). CPU speed-up: cropped masks only cover their box.
-
-    masks: (D, Hp, Wp) probabilities (zero outside the crop) -> (D, height, width) bool.
-    """
-    height, width = output_size
-    d, hp, wp = masks.shape
-    masks = masks.float()
-    out = torch.zeros((d, height, width), dtype=torch.bool, device=masks.device)
-    y0, y1, hy0, hy1 = _bilinear_taps(hp, height, masks.device)
-    x0, x1, wx0, wx1 = _bilinear_taps(wp, width, masks.device)
-    nonzero = masks != 0
-    rows, cols = nonzero.any(dim=2), nonzero.any(dim=1)  # (D, Hp), (D, Wp)
-    r_lo, r_hi = rows.int().argmax(dim=1), hp - 1 - rows.flip(1).int().argmax(dim=1)
-    c_lo, c_hi = cols.int().argmax(dim=1), wp - 1 - cols.flip(1).int().argmax(dim=1)
-    # Output pixels whose taps touch [lo, hi]: from the first with i1 >= lo to the last with i0 <= hi.
-    ys, ye = torch.searchsorted(y1, r_lo), torch.searchsorted(y0, r_hi, right=True)
-    xs, xe = torch.searchsorted(x1, c_lo), torch.searchsorted(x0, c_hi, right=True)
-    windows = torch.stack([ys, ye, xs, xe], dim=1).tolist()
-    y0_list, y1_list = y0.tolist(), y1.tolist()
-    hy0, hy1 = hy0[:, None], hy1[:, None]
-    for i, (has, (a, b, c, e)) in enumerate(zip(rows.any(dim=1).tolist(), windows)):
-        if not has or a >= b or c >= e:
-            continue
-        top = y0_list[a]
-        m = masks[i, top : y1_list[b - 1] + 1]  # only the prototype rows the window reads
-        # Width first, then height: the order and rounding of PyTorch's bilinear kernel.
-        tmp = _lerp(m.index_select(1, x0[c:e]), wx0[c:e], m.index_select(1, x1[c:e]), wx1[c:e])  # (rows, nx)
-        val = _lerp(
-            tmp.index_select(0, y0[a:b] - top), hy0[a:b], tmp.index_select(0, y1[a:b] - top), hy1[a:b]
-        )  # (ny, nx)
-        torch.gt(val, threshold, out=out[i, a:b, c:e])
-    return out

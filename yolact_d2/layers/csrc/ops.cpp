@@ -56,11 +56,13 @@ TORCH_LIBRARY(yolact_d2, m) {
       "fast_nms(Tensor boxes, Tensor scores, float iou_threshold, int top_k, int max_detections, "
       "bool class_agnostic) -> (Tensor keep, Tensor classes, Tensor scores)");
   m.def("crop_masks(Tensor masks, Tensor boxes, int padding) -> Tensor");
+  m.def("paste_masks(Tensor masks, int height, int width, float threshold) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(yolact_d2, CPU, m) {
   m.impl("fast_nms", &yolact_d2::fast_nms_cpu);
   m.impl("crop_masks", &yolact_d2::crop_masks_cpu);
+  m.impl("paste_masks", &yolact_d2::paste_masks_cpu);
 }
 
 #ifdef WITH_CUDA

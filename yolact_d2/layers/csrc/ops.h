@@ -18,6 +18,8 @@ void check_crop_args(const at::Tensor& masks, const at::Tensor& boxes, int64_t p
 NmsResult fast_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold,
                        int64_t top_k, int64_t max_detections, bool class_agnostic);
 at::Tensor crop_masks_cpu(const at::Tensor& masks, const at::Tensor& boxes, int64_t padding);
+// CPU only: on CUDA the full-image F.interpolate is fast and the Python wrapper uses it.
+at::Tensor paste_masks_cpu(const at::Tensor& masks, int64_t height, int64_t width, double threshold);
 
 #ifdef WITH_CUDA
 NmsResult fast_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold,
