@@ -16,7 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "configs/shapes/yolact_shapes_tiny.py"
 BENCH = f"benchmark:{os.path.basename(TINY)}"
 STEPS = ("install", "build_extension", "op_tests", "ops_compare", "inference", "train_amp", "train_amp_bf16",
-         "ddp_nccl", f"{BENCH} fp32 batch 1", f"{BENCH} fp32 batch 8", f"{BENCH} fp16+bf16 batch 1,8", "benchmark_ops")
+         "ddp_nccl", f"{BENCH} fp32 batch 1", f"{BENCH} fp32 batch 8", f"{BENCH} fp16+bf16 batch 1,8", "onnx_runtimes",
+         "benchmark_ops")
 
 
 def _run(out_dir, *extra):
@@ -48,8 +49,8 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     assert any("test_realtime.py::" in ln for ln in collected.stdout.splitlines())
     n_cuda = len([ln for ln in collected.stdout.splitlines() if "::" in ln])
     assert n_cuda > 0 and op["pytest"] == {"passed": 0, "failed": 0, "skipped": n_cuda, "error": 0}
-    assert steps[STEPS[-2]]["status"] == "skipped" and "GPU only" in steps[STEPS[-2]]["reason"]
-    for name in ("ops_compare", "inference", "train_amp", "benchmark_ops", *STEPS[-4:-2]):
+    assert steps[STEPS[-3]]["status"] == "skipped" and "GPU only" in steps[STEPS[-3]]["reason"]
+    for name in ("ops_compare", "inference", "train_amp", "benchmark_ops", "onnx_runtimes", *STEPS[-5:-3]):
         assert steps[name]["status"] == "passed", (name, steps[name])
         assert steps[name]["cuda"]["status"] == "skipped" and "dry run" in steps[name]["cuda"]["reason"], name
 
@@ -86,7 +87,7 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     ops = steps["benchmark_ops"]["results"]
     assert {r["path"].split(" (")[0] for r in ops} == {"ours", "pure pytorch", "torchvision batched_nms"}
     assert all(r["median_ms"] > 0 for r in ops)
-    one, eight = steps[STEPS[-4]], steps[STEPS[-3]]
+    one, eight = steps[STEPS[-5]], steps[STEPS[-4]]
     (run,) = one["results"]["runs"]
     assert run["batch"] == 1 and run["dtype"] == "fp32" and one["batch_sizes"] == [1] and one["config"] == TINY
     assert json.dumps(run["contenders"]["yolact_d2"]).count("ms") > 0
@@ -95,7 +96,11 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     fps = one["fps"]
     assert set(fps) == {"yolact_d2", "yolact_d2 fast path"} and all(v > 0 for v in fps.values())
     assert fps["yolact_d2 fast path"] == run["contenders"]["yolact_d2 fast path"]["images_per_s"]
-    assert doc["fps_batch1"] == {TINY: fps}
+    # the ONNX export on ONNX Runtime (CPU in a dry run): PyTorch CPU on the other side, so the
+    # agreement is exact up to the export's float rounding (test_export's bound)
+    onnx_cpu = steps["onnx_runtimes"]["figures"]["cpu"]
+    assert onnx_cpu["same_classes"] and onnx_cpu["max_score_diff"] <= 1e-4 and onnx_cpu["detections_cpu"] > 0
+    assert doc["fps_batch1"] == {TINY: {**fps, "onnx cpu": onnx_cpu["fps_batch1"]}}
     assert run["contenders"]["yolact_d2 fast path"]["detections_first_image"] == run["contenders"]["yolact_d2"][
         "detections_first_image"]
 
@@ -107,7 +112,7 @@ def test_spent_budget_skips_every_step_with_the_reason(tmp_path):
     assert list(steps) == list(STEPS)
     for name, step in steps.items():
         assert step["status"] == "skipped", (name, step)
-        if name not in ("install", "ddp_nccl", "train_amp_bf16", STEPS[-2]):  # those say why before the budget
+        if name not in ("install", "ddp_nccl", "train_amp_bf16", STEPS[-3]):  # those say why before the budget
             assert "time budget" in step["reason"], (name, step)
 
 
@@ -125,7 +130,8 @@ def test_benchmark_plan_required_figures_first():
         ("benchmark:yolact_edge_vid_R_50_FPN_550.py fp32 batch 1", ["fp32"], ["1"]),
     ]
     names = gpu_check.step_names(gpu_check.parse_args([]))
-    assert names[:8] == list(STEPS[:8]) and names[8:-1] == [p[0] for p in plan] and names[-1] == "benchmark_ops"
+    assert names[:8] == list(STEPS[:8]) and names[8:-2] == [p[0] for p in plan]
+    assert names[-2:] == ["onnx_runtimes", "benchmark_ops"]
     args = gpu_check.parse_args([])
     image = gpu_check.benchmark_command(args, gpu_check.BENCHMARK_CONFIGS[0], ["fp32"], ["1"], "x.json")
     video = gpu_check.benchmark_command(args, gpu_check.MORE_BENCHMARK_CONFIGS[1], ["fp32"], ["1"], "x.json")

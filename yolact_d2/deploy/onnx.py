@@ -14,7 +14,7 @@ fails on this graph (Reduce* axes) and leaves it at 18.
 """
 import logging
 import os
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -141,14 +141,21 @@ def outputs_to_instances(outputs: Sequence[np.ndarray], image_size: Tuple[int, i
 
 class OnnxPredictor:
     """Runs an exported YOLACT with onnxruntime: BGR uint8 (H, W, 3) image or list of same-size
-    images -> Instances (or a list), like `yolact_d2.Predictor`."""
+    images -> Instances (or a list), like `yolact_d2.Predictor`.
 
-    def __init__(self, path: str, providers: Sequence[str] = ("CPUExecutionProvider",), input_format: str = "BGR"):
-        import onnxruntime as ort
+    runtime: "cpu" (default), "cuda", or "tensorrt" (ONNX Runtime's TensorRT provider; fp16=True lets
+    it use half precision; engine_cache: a folder for the built TensorRT engines). A runtime this
+    onnxruntime cannot give, or one that falls back to another at load, is an error naming what is
+    missing (yolact_d2.deploy.runtimes). providers: an explicit onnxruntime provider list instead."""
+
+    def __init__(self, path: str, providers: Optional[Sequence] = None, input_format: str = "BGR", *,
+                 runtime: str = "cpu", fp16: bool = False, engine_cache: Optional[str] = None):
+        from yolact_d2.deploy.runtimes import onnx_session
 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"OnnxPredictor: '{path}' does not exist; make it with tools/export_model.py.")
-        self.session = ort.InferenceSession(path, providers=list(providers))
+        self.session = onnx_session(path, runtime, fp16, engine_cache=engine_cache, providers=providers)
+        self.runtime = runtime if providers is None else "providers"
         self.input_format = input_format
 
     def __call__(self, images: Union[np.ndarray, Sequence[np.ndarray]]):

@@ -31,6 +31,9 @@ the reason; the JSON is rewritten after every step, so a killed check still leav
                   sums a step's images/s). First the required figures: R50 and R101 (--benchmark-
                   configs) fp32 batch 1; then as time allows: their fp32 batch 8, their fp16 + bf16
                   batch 1 and 8, YOLACT++ R50 and YolactEdge R50 video (--more-benchmark-configs)
+  onnx_runtimes   the first --benchmark-configs exported to ONNX (whole model) on ONNX Runtime's CUDA
+                  and TensorRT providers (fp32, TensorRT fp16): detections vs the PyTorch CPU model,
+                  batch-1 fps end to end; a provider the machine's onnxruntime lacks is skipped
   benchmark_ops   tools/benchmark_ops.py --device cuda (last)
 
 --dry-run runs every step on CPU (device=cpu on both sides of each comparison, 3 training
@@ -332,7 +335,73 @@ def step_train_losses(args) -> Tuple[str, str, Dict]:
     return "passed", "" if len(losses) >= 10 else "too few iterations to judge the decrease", figures
 
 
-STEP_WORKERS = {"ops_compare": step_ops_compare, "inference": step_inference, "train_losses": step_train_losses}
+# (runtime, fp16) of step_onnx_runtimes on the GPU: ONNX Runtime's CUDA provider, then TensorRT's.
+ONNX_RUNTIMES = (("cuda", False), ("tensorrt", False), ("tensorrt", True))
+
+
+def step_onnx_runtimes(args) -> Tuple[str, str, Dict]:
+    """The whole-model ONNX export (deploy/onnx.py) of the first --benchmark-configs on ONNX Runtime's
+    CUDA and TensorRT providers (fp32; fp16 for TensorRT): its detections against the PyTorch CPU
+    model on the same seeded weights, and batch-1 fps end to end (host uint8 frame in, Instances with
+    full-size masks out). A provider this onnxruntime lacks is skipped with the reason; a dry run
+    takes the CPU provider only."""
+    import statistics
+
+    from yolact_d2 import Predictor
+    from yolact_d2.deploy.onnx import OnnxPredictor, export_onnx
+    from yolact_d2.deploy.optimize import fold_batch_norm
+    from yolact_d2.deploy.runtimes import missing_runtime_reason
+    from yolact_d2.tools.benchmark import synthetic_image
+
+    config = args.benchmark_configs[0]
+    runs = [("cpu", False)] if args.dry_run else list(ONNX_RUNTIMES)
+    iters = 2 if args.dry_run else 20
+    image = synthetic_image(480, 640, seed=0)
+    figures: Dict = {"config": config}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "seeded.pth")
+        seeded_checkpoint(config, args.opts, weights)
+        predictor = Predictor(config, weights, device="cpu", opts=args.opts, optimize=False, fast_path=False)
+        reference = predictor(image)
+        t0 = time.monotonic()
+        fold_batch_norm(predictor.model)
+        path = export_onnx(predictor.model, os.path.join(tmp, "model.onnx"), sample_size=image.shape[:2])
+        figures["export_seconds"] = round(time.monotonic() - t0, 1)
+        for runtime, fp16 in runs:
+            key = runtime + (" fp16" if fp16 else "")
+            reason = missing_runtime_reason(runtime)
+            if reason:
+                figures[key] = {"status": "skipped", "reason": reason}
+                continue
+            try:
+                t0 = time.monotonic()  # the first call builds TensorRT's engine
+                runner = OnnxPredictor(path, runtime=runtime, fp16=fp16, engine_cache=os.path.join(tmp, "engines"))
+                out = runner(image)
+                first = time.monotonic() - t0
+                times = []
+                for _ in range(iters):
+                    t0 = time.perf_counter()
+                    runner(image)
+                    times.append(time.perf_counter() - t0)
+            except Exception as e:  # noqa: BLE001 - a provider that fails to run is this step's finding
+                figures[key] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:800]}
+                continue
+            agreement = compare_instances(reference, out)
+            ok = _agree([agreement], "fp16" if fp16 else "fp32")
+            median = statistics.median(times)
+            figures[key] = {"status": "passed" if ok else "failed", "first_call_seconds": round(first, 2),
+                            "median_ms": round(1000 * median, 3), "fps_batch1": round(1 / median, 2), **agreement}
+            print(key, figures[key], flush=True)
+    statuses = [figures[r + (" fp16" if f else "")]["status"] for r, f in runs]
+    if "failed" in statuses:
+        return "failed", "a runtime failed or its detections differ beyond the bounds (see figures)", figures
+    if "passed" not in statuses:
+        return "skipped", "no runtime of " + ", ".join(r for r, _ in runs) + " is available (see figures)", figures
+    return "passed", "", figures
+
+
+STEP_WORKERS = {"ops_compare": step_ops_compare, "inference": step_inference, "train_losses": step_train_losses,
+                "onnx_runtimes": step_onnx_runtimes}
 
 
 # ------------------------------------------------------------------------------- the orchestrator
@@ -342,7 +411,7 @@ STEP_WORKERS = {"ops_compare": step_ops_compare, "inference": step_inference, "t
 STEP_SECONDS = {
     "install": (15, 180), "build_extension": (90, 300), "op_tests": (60, 150), "ops_compare": (20, 90),
     "inference": (70, 240), "train_amp": (45, 180), "train_amp_bf16": (35, 120), "ddp_nccl": (60, 180),
-    "benchmark_ops": (25, 120),
+    "benchmark_ops": (25, 120), "onnx_runtimes": (120, 300),  # TensorRT builds two engines
 }
 BENCHMARK_SECONDS = {"fp32 batch 1": (35, 120), "fp32 batch 8": (40, 120), "fp16+bf16 batch 1,8": (70, 150),
                      "more": (50, 120)}  # by benchmark_plan's kind
@@ -444,6 +513,10 @@ class Check:
         for step in self.steps.values():
             if step.get("fps"):
                 out.setdefault(step["config"], {}).update(step["fps"])
+        onnx = (self.steps.get("onnx_runtimes") or {}).get("figures") or {}
+        for key, run in onnx.items():  # "onnx cuda", "onnx tensorrt", "onnx tensorrt fp16"
+            if isinstance(run, dict) and run.get("fps_batch1"):
+                out.setdefault(onnx["config"], {})[f"onnx {key}"] = run["fps_batch1"]
         return out
 
     def environment(self) -> Dict:
@@ -695,6 +768,12 @@ def do_benchmarks(c: Check, why_not: Optional[str]) -> None:
         why = "" if res else (f"timed out after {secs:.0f} s" if rc is None else f"exit {rc} (see gpu_check.log)")
         c.record(name, "passed" if res else "failed", why, secs, config=config, precisions=precisions,
                  batch_sizes=[int(b) for b in batches], device=dev, fps=res and batch1_fps(res), results=res, cuda=cuda)
+
+
+def do_benchmark_ops(c: Check, why_not: Optional[str]) -> None:
+    a = c.args
+    dev = _device(a)
+    cuda = {"status": "skipped", "reason": why_not} if why_not else None
     expected, cap = STEP_SECONDS["benchmark_ops"]
     if c.budget_allows("benchmark_ops", expected):  # last: the kernels' own timings, the least needed
         js = os.path.join(a.output, "benchmark_ops.json")
@@ -722,7 +801,7 @@ def batch1_fps(results: Dict) -> Dict[str, float]:
 def step_names(args) -> List[str]:
     """Every step's name, in the order run_check runs them."""
     return ["install", "build_extension", "op_tests", "ops_compare", "inference", "train_amp", "train_amp_bf16",
-            "ddp_nccl", *[name for name, *_ in benchmark_plan(args)], "benchmark_ops"]
+            "ddp_nccl", *[name for name, *_ in benchmark_plan(args)], "onnx_runtimes", "benchmark_ops"]
 
 
 def run_check(args) -> int:
@@ -742,6 +821,14 @@ def run_check(args) -> int:
             c.worker(name, cap, expected, extra if name == "inference" else [], **more)
     do_training(c, why_not)
     do_benchmarks(c, why_not)
+    expected, cap = STEP_SECONDS["onnx_runtimes"]
+    if why_not and not args.dry_run:
+        c.record("onnx_runtimes", "skipped", why_not)
+    else:
+        c.worker("onnx_runtimes", cap, expected, ["--benchmark-configs", *args.benchmark_configs[:1]]
+                 + (["--opts", *args.opts] if args.opts else []),
+                 **({"cuda": {"status": "skipped", "reason": why_not}} if why_not else {}))
+    do_benchmark_ops(c, why_not)
     c.write_json()
     c.log.close()
     failed = [n for n, s in c.steps.items() if s["status"] == "failed"]
