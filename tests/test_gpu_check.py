@@ -248,3 +248,20 @@ def test_no_cuda_reason():
     assert "dry run" in gpu_check.no_cuda_reason(A)
     A.dry_run = False
     assert (gpu_check.no_cuda_reason(A) is None) == torch.cuda.is_available()
+
+
+@pytest.mark.slow
+def test_onnx_runtimes_without_gpu_providers_is_skipped_not_failed(monkeypatch):
+    """A real (not dry) onnx_runtimes step here: TensorRT is not in this onnxruntime (skipped, with
+    the reason), and CUDA, made to look available, really falls back to the CPU at load: refused by
+    deploy.runtimes and recorded as the machine's set-up (skipped), not as a failure of our graph."""
+    import onnxruntime as ort
+
+    if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
+        pytest.skip("this onnxruntime has GPU providers")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    status, reason, figures = gpu_check.step_onnx_runtimes(gpu_check.parse_args(["--benchmark-configs", TINY]))
+    assert status == "skipped" and "no runtime of cuda, tensorrt is available" in reason, (status, reason)
+    assert figures["cuda"]["status"] == "skipped" and "fell back from CUDAExecutionProvider" in figures["cuda"]["reason"]
+    for key in ("tensorrt", "tensorrt fp16"):
+        assert figures[key]["status"] == "skipped" and "TensorrtExecutionProvider" in figures[key]["reason"]

@@ -373,8 +373,8 @@ def step_onnx_runtimes(args) -> Tuple[str, str, Dict]:
             if reason:
                 figures[key] = {"status": "skipped", "reason": reason}
                 continue
+            t0 = time.monotonic()  # the first call builds TensorRT's engine
             try:
-                t0 = time.monotonic()  # the first call builds TensorRT's engine
                 runner = OnnxPredictor(path, runtime=runtime, fp16=fp16, engine_cache=os.path.join(tmp, "engines"))
                 out = runner(image)
                 first = time.monotonic() - t0
@@ -384,7 +384,10 @@ def step_onnx_runtimes(args) -> Tuple[str, str, Dict]:
                     runner(image)
                     times.append(time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - a provider that fails to run is this step's finding
-                figures[key] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:800]}
+                # ...except one listed whose libraries do not load here (deploy.runtimes refuses the
+                # fall-back to CPU): the machine's set-up, not our graph
+                fell_back = isinstance(e, RuntimeError) and "fell back from" in str(e)
+                figures[key] = {"status": "skipped" if fell_back else "failed", "reason": f"{type(e).__name__}: {e}"[:800]}
                 continue
             agreement = compare_instances(reference, out)
             ok = _agree([agreement], "fp16" if fp16 else "fp32")
@@ -396,7 +399,7 @@ def step_onnx_runtimes(args) -> Tuple[str, str, Dict]:
     if "failed" in statuses:
         return "failed", "a runtime failed or its detections differ beyond the bounds (see figures)", figures
     if "passed" not in statuses:
-        return "skipped", "no runtime of " + ", ".join(r for r, _ in runs) + " is available (see figures)", figures
+        return "skipped", "no runtime of " + ", ".join(dict.fromkeys(r for r, _ in runs)) + " is available (see figures)", figures
     return "passed", "", figures
 
 
