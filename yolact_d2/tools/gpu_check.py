@@ -33,7 +33,7 @@ the reason; the JSON is rewritten after every step, so a killed check still leav
                   batch 1 and 8, YOLACT++ R50 and YolactEdge R50 video (--more-benchmark-configs)
   onnx_runtimes   the first --benchmark-configs exported to ONNX (whole model) on ONNX Runtime's CUDA
                   and TensorRT providers (fp32, TensorRT fp16): detections vs the PyTorch CPU model,
-                  batch-1 fps end to end; a provider the machine's onnxruntime lacks is skipped
+                  batch-1 fps end to end; a provider the machine lacks or cannot load is skipped
   benchmark_ops   tools/benchmark_ops.py --device cuda (last)
 
 --dry-run runs every step on CPU (device=cpu on both sides of each comparison, 3 training
@@ -343,8 +343,8 @@ def step_onnx_runtimes(args) -> Tuple[str, str, Dict]:
     """The whole-model ONNX export (deploy/onnx.py) of the first --benchmark-configs on ONNX Runtime's
     CUDA and TensorRT providers (fp32; fp16 for TensorRT): its detections against the PyTorch CPU
     model on the same seeded weights, and batch-1 fps end to end (host uint8 frame in, Instances with
-    full-size masks out). A provider this onnxruntime lacks is skipped with the reason; a dry run
-    takes the CPU provider only."""
+    full-size masks out). A provider this onnxruntime lacks, or one whose libraries do not load here,
+    is skipped with the reason; a dry run takes the CPU provider only."""
     import statistics
 
     from yolact_d2 import Predictor
