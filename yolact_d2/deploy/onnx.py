@@ -150,12 +150,9 @@ class OnnxPredictor:
 
     def __init__(self, path: str, providers: Optional[Sequence] = None, input_format: str = "BGR", *,
                  runtime: str = "cpu", fp16: bool = False, engine_cache: Optional[str] = None):
-        from yolact_d2.deploy.runtimes import onnx_session
+        from yolact_d2.deploy.runtimes import onnx_session  # checks that `path` exists
 
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"OnnxPredictor: '{path}' does not exist; make it with tools/export_model.py.")
         self.session = onnx_session(path, runtime, fp16, engine_cache=engine_cache, providers=providers)
-        self.runtime = runtime if providers is None else "providers"
         self.input_format = input_format
 
     def __call__(self, images: Union[np.ndarray, Sequence[np.ndarray]]):

@@ -71,7 +71,7 @@ def onnx_session(path: str, runtime: str = "cpu", fp16: bool = False, threads: i
     import onnxruntime as ort
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"onnx_session: '{path}' does not exist; make it with tools/export_model.py.")
+        raise FileNotFoundError(f"ONNX model '{path}' does not exist; make it with tools/export_model.py.")
     if providers is None:
         providers = runtime_providers(runtime, fp16, engine_cache)
         reason = missing_runtime_reason(runtime)
