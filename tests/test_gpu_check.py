@@ -99,7 +99,7 @@ def test_dry_run_every_step_cpu_parts_pass_cuda_parts_skipped(tmp_path):
     # the ONNX export on ONNX Runtime (CPU in a dry run): PyTorch CPU on the other side, so the
     # agreement is exact up to the export's float rounding (test_export's bound)
     onnx_cpu = steps["onnx_runtimes"]["figures"]["cpu"]
-    assert onnx_cpu["same_classes"] and onnx_cpu["max_score_diff"] <= 1e-4 and onnx_cpu["detections_cpu"] > 0
+    assert onnx_cpu["classes_equal"] and onnx_cpu["max_score_diff"] <= 1e-4 and onnx_cpu["detections"] > 0
     assert doc["fps_batch1"] == {TINY: {**fps, "onnx cpu": onnx_cpu["fps_batch1"]}}
     assert run["contenders"]["yolact_d2 fast path"]["detections_first_image"] == run["contenders"]["yolact_d2"][
         "detections_first_image"]

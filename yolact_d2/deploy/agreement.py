@@ -4,7 +4,7 @@ the PyTorch model's, used by `tools/export_model.py --verify` and `scripts/check
 Rows cannot be compared by position: runtimes order near-equal scores differently (TopK vs the eager
 stable sort), and neighbours of one class can lie within the score tolerance of each other with
 equal masks. So each reference row takes the unused exported row of its class with score within
-SCORE_TOL whose mask and box agree, then the closest score. Same detections = every reference row
+SCORE_TOL (or the caller's score_tol) whose mask and box agree, then the closest score. Same detections = every reference row
 matched, scores (and YOLACT++ mask scores) within SCORE_TOL, mask IoU >= MASK_IOU, boxes within
 BOX_TOL pixels. When the reference fills max_detections, reference rows within SCORE_TOL of the cut
 may be swapped for other rows of that score ("tie_at_cut").
@@ -25,17 +25,18 @@ def mask_iou(a, b, ignore=None):
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def compare_detections(got, want, max_detections=None) -> dict:
+def compare_detections(got, want, max_detections=None, score_tol: float = SCORE_TOL) -> dict:
     """Match exported rows `got` to reference rows `want` (Instances) and report the figures.
 
     `want.near_threshold` (optional, like its masks): pixels left out of the mask IoU (the IoU over all
-    pixels is reported beside it). max_detections: the model's cap (None: no tie at a cut)."""
+    pixels is reported beside it). max_detections: the model's cap (None: no tie at a cut).
+    score_tol: the score bound of matching and of "same" (fp32 runtimes: SCORE_TOL; fp16 ones wider)."""
     raw_iou = mask_iou(want.pred_masks, got.pred_masks)  # (want, got)
     iou = mask_iou(want.pred_masks, got.pred_masks, want.near_threshold) if want.has("near_threshold") else raw_iou
     box_diff = (want.pred_boxes.tensor[:, None] - got.pred_boxes.tensor[None]).abs().amax(dim=2)  # (want, got)
     same = (want.pred_classes[:, None] == got.pred_classes[None, :]) & (
-        (want.scores[:, None] - got.scores[None, :]).abs() <= SCORE_TOL)
-    cut = float(want.scores.min()) + SCORE_TOL if max_detections is not None and len(want) == max_detections else -1.0
+        (want.scores[:, None] - got.scores[None, :]).abs() <= score_tol)
+    cut = float(want.scores.min()) + score_tol if max_detections is not None and len(want) == max_detections else -1.0
     used, pairs, unmatched, tie_at_cut = set(), [], 0, 0
     for i in range(len(want)):
         candidates = [j for j in same[i].nonzero().flatten().tolist() if j not in used]
@@ -67,5 +68,5 @@ def compare_detections(got, want, max_detections=None) -> dict:
         "detections": len(want), "exported": len(got), "classes_equal": classes_equal, "tie_at_cut": tie_at_cut,
         "max_score_diff": score_diff, "min_mask_iou": min_iou, "min_mask_iou_all_pixels": min_raw_iou,
         "max_box_diff": max_box_diff,
-        "same": classes_equal and score_diff <= SCORE_TOL and min_iou >= MASK_IOU and max_box_diff <= BOX_TOL,
+        "same": classes_equal and score_diff <= score_tol and min_iou >= MASK_IOU and max_box_diff <= BOX_TOL,
     }
