@@ -356,6 +356,7 @@ def step_onnx_runtimes(args) -> Tuple[str, str, Dict]:
 
     config = args.benchmark_configs[0]
     runs = [("cpu", False)] if args.dry_run else list(ONNX_RUNTIMES)
+    keys = {(runtime, fp16): runtime + (" fp16" if fp16 else "") for runtime, fp16 in runs}  # figures' keys
     iters = 2 if args.dry_run else 20
     image = synthetic_image(480, 640, seed=0)
     figures: Dict = {"config": config}
@@ -368,8 +369,7 @@ def step_onnx_runtimes(args) -> Tuple[str, str, Dict]:
         fold_batch_norm(predictor.model)
         path = export_onnx(predictor.model, os.path.join(tmp, "model.onnx"), sample_size=image.shape[:2])
         figures["export_seconds"] = round(time.monotonic() - t0, 1)
-        for runtime, fp16 in runs:
-            key = runtime + (" fp16" if fp16 else "")
+        for (runtime, fp16), key in keys.items():
             reason = missing_runtime_reason(runtime)
             if reason:
                 figures[key] = {"status": "skipped", "reason": reason}
@@ -398,7 +398,7 @@ def step_onnx_runtimes(args) -> Tuple[str, str, Dict]:
             figures[key] = {"status": "passed" if ok else "failed", "first_call_seconds": round(first, 2),
                             "median_ms": round(1000 * median, 3), "fps_batch1": round(1 / median, 2), **agreement}
             print(key, figures[key], flush=True)
-    statuses = [figures[r + (" fp16" if f else "")]["status"] for r, f in runs]
+    statuses = [figures[key]["status"] for key in keys.values()]
     if "failed" in statuses:
         return "failed", "a runtime failed or its detections differ beyond the bounds (see figures)", figures
     if "passed" not in statuses:
@@ -810,6 +810,16 @@ def step_names(args) -> List[str]:
             "ddp_nccl", *[name for name, *_ in benchmark_plan(args)], "onnx_runtimes", "benchmark_ops"]
 
 
+def device_worker(c: Check, name: str, why_not: Optional[str], extra: List[str] = ()) -> None:
+    """A STEP_WORKERS step that compares the device with the CPU: skipped in a real run without CUDA
+    (nothing to compare), else run (the dry run records the CUDA side as skipped, with why_not)."""
+    if why_not and not c.args.dry_run:
+        c.record(name, "skipped", why_not)
+        return
+    expected, cap = STEP_SECONDS[name]
+    c.worker(name, cap, expected, list(extra), **({"cuda": {"status": "skipped", "reason": why_not}} if why_not else {}))
+
+
 def run_check(args) -> int:
     args.site = os.path.abspath(args.site or os.path.join(args.output, "site")) if args.wheelhouse else None
     c = Check(args, step_names(args))
@@ -817,23 +827,12 @@ def run_check(args) -> int:
     do_build(c)
     why_not = no_cuda_reason(args)
     do_op_tests(c, why_not)
-    extra = ["--inference-configs", *args.inference_configs] + (["--opts", *args.opts] if args.opts else [])
-    for name in ("ops_compare", "inference"):
-        expected, cap = STEP_SECONDS[name]
-        more = {"cuda": {"status": "skipped", "reason": why_not}} if why_not else {}
-        if why_not and not args.dry_run:  # a real run without CUDA: nothing to compare
-            c.record(name, "skipped", why_not)
-        else:
-            c.worker(name, cap, expected, extra if name == "inference" else [], **more)
+    opts = ["--opts", *args.opts] if args.opts else []
+    device_worker(c, "ops_compare", why_not)
+    device_worker(c, "inference", why_not, ["--inference-configs", *args.inference_configs, *opts])
     do_training(c, why_not)
     do_benchmarks(c, why_not)
-    expected, cap = STEP_SECONDS["onnx_runtimes"]
-    if why_not and not args.dry_run:
-        c.record("onnx_runtimes", "skipped", why_not)
-    else:
-        c.worker("onnx_runtimes", cap, expected, ["--benchmark-configs", *args.benchmark_configs[:1]]
-                 + (["--opts", *args.opts] if args.opts else []),
-                 **({"cuda": {"status": "skipped", "reason": why_not}} if why_not else {}))
+    device_worker(c, "onnx_runtimes", why_not, ["--benchmark-configs", *args.benchmark_configs[:1], *opts])
     do_benchmark_ops(c, why_not)
     c.write_json()
     c.log.close()
